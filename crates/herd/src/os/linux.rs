@@ -1,0 +1,388 @@
+//! Linux implementation of the platform seam: pidfds, `waitid(P_PIDFD)`,
+//! process groups, `/proc/<pid>/stat`, unix sockets with fd passing, `fork`.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
+use rustix::process::{Pid, PidfdFlags, WaitId, WaitIdOptions};
+
+use crate::process::{ExitStatus, Signal};
+
+/// Most file descriptors passed in one message.
+pub(crate) const MAX_FDS: usize = 8;
+
+fn pid_of(pid: u32) -> io::Result<Pid> {
+    i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "invalid pid"))
+}
+
+fn rustix_signal(sig: Signal) -> io::Result<rustix::process::Signal> {
+    let raw = sig.as_raw();
+    if !(1..=64).contains(&raw) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "invalid signal number"));
+    }
+    // SAFETY: `raw` is a non-zero signal number in the kernel's range; herd only
+    // sends it (it never blocks or handles libc-reserved real-time signals).
+    Ok(unsafe { rustix::process::Signal::from_raw_unchecked(raw) })
+}
+
+/// Opens a pidfd for `pid`. Race-free only while `pid` cannot be reaped by
+/// anyone else: our own unreaped child, or the calling process itself.
+pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    Ok(rustix::process::pidfd_open(pid_of(pid)?, PidfdFlags::empty())?)
+}
+
+/// A pidfd for the calling process.
+pub(crate) fn pidfd_self() -> io::Result<OwnedFd> {
+    pidfd_open(std::process::id())
+}
+
+/// Sends `sig` to the process behind `pidfd` (never to a reused pid).
+pub(crate) fn pidfd_signal(pidfd: BorrowedFd<'_>, sig: Signal) -> io::Result<()> {
+    match rustix::process::pidfd_send_signal(pidfd, rustix_signal(sig)?) {
+        Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Sends `sig` to process group `pgid`. Returns `Ok(false)` when the group no
+/// longer exists.
+pub(crate) fn signal_group(pgid: u32, sig: Signal) -> io::Result<bool> {
+    match rustix::process::kill_process_group(pid_of(pgid)?, rustix_signal(sig)?) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::SRCH) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Sends `sig` to the caller's own process group.
+pub(crate) fn signal_own_group(sig: Signal) {
+    if let Ok(s) = rustix_signal(sig) {
+        let _ = rustix::process::kill_current_process_group(s);
+    }
+}
+
+/// Reaps the child behind `pidfd` if it has exited (`WNOHANG`).
+pub(crate) fn reap_nohang(pidfd: BorrowedFd<'_>) -> io::Result<Option<ExitStatus>> {
+    let status = rustix::process::waitid(
+        WaitId::PidFd(pidfd),
+        WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+    )?;
+    Ok(status.and_then(|s| {
+        if let Some(sig) = s.terminating_signal() {
+            Some(ExitStatus::Signaled(Signal::from_raw(sig)))
+        } else {
+            s.exit_status().map(ExitStatus::Exited)
+        }
+    }))
+}
+
+/// Waits until one of `fds` is readable (or hung up), or `deadline` passes.
+/// Returns, for each fd, whether it is ready; all `false` means the deadline
+/// passed. `None` waits forever.
+pub(crate) fn wait_readable(
+    fds: &[BorrowedFd<'_>],
+    deadline: Option<Instant>,
+) -> io::Result<Vec<bool>> {
+    loop {
+        let mut pfds: Vec<PollFd<'_>> = fds
+            .iter()
+            .map(|fd| PollFd::from_borrowed_fd(*fd, PollFlags::IN))
+            .collect();
+        let timeout = deadline.map(|d| {
+            let left = d.saturating_duration_since(Instant::now());
+            Timespec {
+                tv_sec: left.as_secs() as i64,
+                tv_nsec: i64::from(left.subsec_nanos()),
+            }
+        });
+        match rustix::event::poll(&mut pfds, timeout.as_ref()) {
+            Ok(_) => {
+                return Ok(pfds
+                    .iter()
+                    .map(|p| {
+                        p.revents()
+                            .intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR)
+                    })
+                    .collect());
+            }
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Waits until `fd` is writable or `deadline` passes; `Ok(false)` on timeout.
+pub(crate) fn wait_writable(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> io::Result<bool> {
+    loop {
+        let mut pfds = [PollFd::from_borrowed_fd(fd, PollFlags::OUT)];
+        let timeout = deadline.map(|d| {
+            let left = d.saturating_duration_since(Instant::now());
+            Timespec {
+                tv_sec: left.as_secs() as i64,
+                tv_nsec: i64::from(left.subsec_nanos()),
+            }
+        });
+        match rustix::event::poll(&mut pfds, timeout.as_ref()) {
+            Ok(0) => return Ok(false),
+            Ok(_) => return Ok(true),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The state letter of `/proc/<pid>/stat` (`R`, `S`, `D`, `T`, `t`, `Z`, `X`, `I`).
+pub(crate) fn proc_state_letter(pid: u32) -> io::Result<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name is in parentheses and may itself contain ") ".
+    let after = stat
+        .rfind(')')
+        .and_then(|i| stat.get(i + 1..))
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed /proc stat"))?;
+    after
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.chars().next())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed /proc stat"))
+}
+
+/// A connected pair of `SOCK_STREAM` unix sockets, close-on-exec.
+pub(crate) fn stream_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
+/// A connected pair of `SOCK_SEQPACKET` unix sockets, close-on-exec.
+pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
+/// A close-on-exec pipe: (read end, write end).
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
+}
+
+/// Sends one message with `fds` attached (`SCM_RIGHTS`).
+pub(crate) fn send_with_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many fds for one message"));
+    }
+    loop {
+        match rustix::net::sendmsg(sock, &[IoSlice::new(bytes)], &mut control, SendFlags::NOSIGNAL) {
+            Ok(n) if n == bytes.len() => return Ok(()),
+            Ok(_) => return Err(io::Error::new(io::ErrorKind::WriteZero, "short message send")),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Receives one message and the fds attached to it. Zero bytes means the peer
+/// closed the socket.
+pub(crate) fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    loop {
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        match rustix::net::recvmsg(sock, &mut [IoSliceMut::new(buf)], &mut control, RecvFlags::CMSG_CLOEXEC) {
+            Ok(msg) => {
+                let mut fds = Vec::new();
+                for m in control.drain() {
+                    if let RecvAncillaryMessage::ScmRights(rights) = m {
+                        fds.extend(rights);
+                    }
+                }
+                if msg.flags.contains(rustix::net::ReturnFlags::TRUNC) {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "message truncated"));
+                }
+                return Ok((msg.bytes, fds));
+            }
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Clears close-on-exec on a raw fd. Async-signal-safe: one raw system call,
+/// so it may run between `fork` and `exec`.
+pub(crate) fn clear_cloexec_raw(fd: RawFd) -> io::Result<()> {
+    // SAFETY: the caller passes an fd that is open in this process for the
+    // duration of the call (it is owned by the parent and duplicated by fork).
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+    Ok(())
+}
+
+/// Takes ownership of an fd number inherited across `exec`.
+///
+/// # Safety
+/// `fd` must be open, inherited for this purpose, and owned by nobody else.
+pub(crate) unsafe fn adopt_inherited(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: a quick validity probe; `fd` is only borrowed for the call.
+    let probe = unsafe { BorrowedFd::borrow_raw(fd) };
+    rustix::io::fcntl_getfd(probe)?;
+    rustix::io::fcntl_setfd(probe, rustix::io::FdFlags::CLOEXEC)?;
+    // SAFETY: the caller guarantees this fd is ours alone to own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Forks the calling process. Returns `Some(pid)` in the parent and `None` in
+/// the child.
+///
+/// # Safety
+/// The caller must be single-threaded (the forkserver is), or the child must
+/// only call async-signal-safe functions before `exec` or `_exit`.
+pub(crate) unsafe fn fork() -> io::Result<Option<u32>> {
+    // SAFETY: forwarded to the caller's contract.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(None),
+        p => Ok(Some(p as u32)),
+    }
+}
+
+/// Puts the calling process in a new process group (not a new session).
+pub(crate) fn new_process_group() -> io::Result<()> {
+    rustix::process::setpgid(None, None)?;
+    Ok(())
+}
+
+/// Asks the kernel to SIGKILL this process when the thread that forked it
+/// exits. Sound only under a single-threaded parent (the forkserver).
+pub(crate) fn kill_on_parent_death() -> io::Result<()> {
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+    Ok(())
+}
+
+/// The parent's pid, if any.
+pub(crate) fn getppid() -> u32 {
+    rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u32)
+}
+
+/// `dup2(fd, target)`, leaving `target` inheritable.
+pub(crate) fn dup_onto(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
+    if fd.as_raw_fd() == target {
+        return clear_cloexec_raw(target);
+    }
+    // SAFETY: `target` is one of the standard stream numbers, which this
+    // process owns; dup2 replaces it atomically.
+    let rc = unsafe { libc::dup2(fd.as_raw_fd(), target) };
+    if rc == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Duplicates `fd` (close-on-exec).
+pub(crate) fn dup(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    Ok(rustix::io::fcntl_dupfd_cloexec(fd, 3)?)
+}
+
+/// Closes every fd from `from` upward except those in `keep`.
+pub(crate) fn close_fds_except(from: RawFd, keep: &[RawFd]) {
+    let mut keep: Vec<RawFd> = keep.iter().copied().filter(|&f| f >= from).collect();
+    keep.sort_unstable();
+    let mut lo = from as u32;
+    for k in keep {
+        if k as u32 > lo {
+            // SAFETY: closing a range of fds the forked child does not use;
+            // nothing in this (single-threaded) child holds them.
+            unsafe { libc::syscall(libc::SYS_close_range, lo, k as u32 - 1, 0) };
+        }
+        lo = k as u32 + 1;
+    }
+    // SAFETY: as above, for the tail of the fd table.
+    unsafe { libc::syscall(libc::SYS_close_range, lo, u32::MAX, 0) };
+}
+
+/// The path to exec for the Spawn start method: the very file this process
+/// runs, even if it has since been replaced or deleted on disk.
+pub(crate) fn self_exe() -> PathBuf {
+    let proc = PathBuf::from("/proc/self/exe");
+    if proc.exists() { proc } else { std::env::current_exe().unwrap_or(proc) }
+}
+
+/// A cheap identity of an executable file: its size (the same build has the
+/// same size; a rebuild almost always changes it).
+pub(crate) fn exe_size(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// Registers `f` to run at normal process exit (`exit()` or return from main).
+pub(crate) fn at_exit(f: extern "C" fn()) -> io::Result<()> {
+    // SAFETY: `f` is a plain `extern "C" fn()` with no captured state; libc
+    // keeps the pointer until exit.
+    let rc = unsafe { libc::atexit(f) };
+    if rc != 0 {
+        return Err(io::Error::other("atexit registration failed"));
+    }
+    Ok(())
+}
+
+/// Leaves immediately without running exit handlers (the forked child on a
+/// setup failure must not run the forkserver's state).
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: `_exit` is async-signal-safe and never returns.
+    unsafe { libc::_exit(code) }
+}
+
+/// Names of the common signals.
+pub(crate) fn signal_name(sig: i32) -> Option<&'static str> {
+    Some(match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGCHLD => "SIGCHLD",
+        libc::SIGCONT => "SIGCONT",
+        libc::SIGSTOP => "SIGSTOP",
+        libc::SIGTSTP => "SIGTSTP",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        libc::SIGSYS => "SIGSYS",
+        _ => return None,
+    })
+}
+
+/// Signal numbers herd uses by name.
+pub(crate) mod signals {
+    pub(crate) const TERM: i32 = libc::SIGTERM;
+    pub(crate) const KILL: i32 = libc::SIGKILL;
+    pub(crate) const STOP: i32 = libc::SIGSTOP;
+    pub(crate) const CONT: i32 = libc::SIGCONT;
+    pub(crate) const SEGV: i32 = libc::SIGSEGV;
+    pub(crate) const ABRT: i32 = libc::SIGABRT;
+}

@@ -1,0 +1,224 @@
+//! The child's side: `herd::init()`, the bootstrap, the parent watchdog, and
+//! what [`current_process`] reports.
+
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use super::error::Refusal;
+use super::protocol::{self, Reply, Request};
+use super::spawn::{self, BOOTSTRAP_ENV, Role};
+use super::status::Signal;
+use crate::os;
+use crate::task::{self, RunFailure};
+
+/// Who this process is, in herd's terms.
+#[derive(Debug)]
+struct Identity {
+    name: String,
+    daemon: bool,
+    /// Python's `_identity`: `[]` for the main process, `[2]` for its second
+    /// child, `[2, 1]` for that child's first child.
+    path: Vec<u32>,
+    parent_pid: Option<u32>,
+}
+
+static IDENTITY: OnceLock<Identity> = OnceLock::new();
+static INITIALIZED: AtomicBool = AtomicBool::new(false);
+static NEXT_CHILD: AtomicU32 = AtomicU32::new(1);
+
+/// Prepares herd in this program. **Make it the first line of `main`.**
+///
+/// In the program you run, it records that this is the main process and
+/// returns at once. In a child that herd started by re-executing the
+/// program, it never returns: it runs the requested task and exits, so the
+/// child never runs the rest of `main`. Calling it again is harmless.
+///
+/// ```
+/// #[herd::task]
+/// fn add(a: u64, b: u64) -> u64 {
+///     a + b
+/// }
+///
+/// fn main() {
+///     herd::init();
+///     let mut p = herd::Process::builder(add, (2, 3)).start().unwrap();
+///     assert_eq!(p.join().unwrap(), 5);
+/// }
+/// ```
+pub fn init() {
+    if INITIALIZED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let Some(value) = std::env::var_os(BOOTSTRAP_ENV) else {
+        let _ = IDENTITY.set(Identity {
+            name: "MainProcess".to_owned(),
+            daemon: false,
+            path: Vec::new(),
+            parent_pid: None,
+        });
+        return;
+    };
+    // SAFETY: init() is documented to run first in main, before this program
+    // starts any thread, so no other thread reads the environment now. The
+    // variable must not leak into this child's own children.
+    unsafe { std::env::remove_var(BOOTSTRAP_ENV) };
+    let Some((role, sock, parent)) = value.to_str().and_then(spawn::parse_env) else {
+        eprintln!("herd: malformed {BOOTSTRAP_ENV} variable; exiting");
+        std::process::exit(3);
+    };
+    // SAFETY: the parent passed these two fd numbers for us to own; nothing
+    // else in this freshly exec'd process knows them.
+    let fds = unsafe { (os::adopt_inherited(sock), os::adopt_inherited(parent)) };
+    let (Ok(sock), Ok(parent)) = fds else {
+        eprintln!("herd: the bootstrap fds were not inherited; exiting");
+        std::process::exit(3);
+    };
+    match role {
+        Role::Child => child_main(sock, parent),
+        Role::ForkServer => super::forkserver::serve(sock, parent),
+    }
+}
+
+/// Whether `init()` has run in this process.
+pub(crate) fn initialized() -> bool {
+    INITIALIZED.load(Ordering::SeqCst)
+}
+
+/// The identity path and default name for the next child of this process.
+pub(crate) fn next_child_identity() -> (Vec<u32>, String) {
+    let n = NEXT_CHILD.fetch_add(1, Ordering::Relaxed);
+    let mut path = IDENTITY.get().map(|i| i.path.clone()).unwrap_or_default();
+    path.push(n);
+    let name = format!(
+        "Process-{}",
+        path.iter().map(u32::to_string).collect::<Vec<_>>().join(":")
+    );
+    (path, name)
+}
+
+/// Runs one task for the parent on `sock`, then exits. Never returns.
+pub(crate) fn child_main(sock: OwnedFd, parent: OwnedFd) -> ! {
+    task::install_panic_hook();
+    start_watchdog(parent);
+    let mut stream = UnixStream::from(sock);
+    let Ok(body) = protocol::read_frame_blocking(&mut stream) else {
+        // The parent went away during the bootstrap.
+        std::process::exit(3);
+    };
+    let request: Request = match task::decode(&body) {
+        Ok(r) => r,
+        Err(reason) => refuse(&mut stream, Refusal::Malformed { reason }),
+    };
+    let child_build = task::build_id();
+    if request.build_id != child_build {
+        refuse(&mut stream, Refusal::BuildMismatch { parent: request.build_id, child: child_build });
+    }
+    let entry = match task::find_by_name(&request.task) {
+        Ok(Some(e)) => e,
+        Ok(None) => refuse(&mut stream, Refusal::UnknownTask { name: request.task }),
+        Err(()) => refuse(&mut stream, Refusal::AmbiguousTask { name: request.task }),
+    };
+    if (entry.fingerprint)() != request.fingerprint {
+        refuse(&mut stream, Refusal::FingerprintMismatch { name: request.task });
+    }
+    let call = match (entry.prepare)(&request.args) {
+        Ok(call) => call,
+        Err(reason) => refuse(&mut stream, Refusal::ArgsDecode { reason }),
+    };
+    let _ = IDENTITY.set(Identity {
+        name: request.name,
+        daemon: request.daemon,
+        path: request.identity,
+        parent_pid: Some(request.parent_pid),
+    });
+    if send(&mut stream, &Reply::Accepted).is_err() {
+        std::process::exit(3);
+    }
+    let (reply, code) = match call() {
+        Ok(bytes) => (Reply::Returned(bytes), 0),
+        Err(RunFailure::Panicked(report)) => (Reply::Panicked(report), 101),
+        Err(RunFailure::ResultEncode(reason)) => (Reply::ResultEncode(reason), 1),
+    };
+    // If the parent is gone nobody wants the result; exit all the same.
+    let _ = send(&mut stream, &reply);
+    drop(stream);
+    std::process::exit(code)
+}
+
+fn send(stream: &mut UnixStream, reply: &Reply) -> std::io::Result<()> {
+    let bytes = protocol::frame(reply).map_err(std::io::Error::other)?;
+    stream.write_all(&bytes)
+}
+
+fn refuse(stream: &mut UnixStream, refusal: Refusal) -> ! {
+    let _ = send(stream, &Reply::Refused(refusal));
+    std::process::exit(2)
+}
+
+/// Watches the parent's pidfd on a thread of its own: when the parent dies,
+/// however it dies, SIGTERM this child's process group, then SIGKILL it.
+fn start_watchdog(parent: OwnedFd) {
+    let spawned = std::thread::Builder::new()
+        .name("herd-watchdog".to_owned())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            loop {
+                match os::wait_readable(&[parent.as_fd()], None) {
+                    Ok(r) if r[0] => break,
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            os::signal_own_group(Signal::TERM);
+            // A grace period for SIGTERM handlers, then no mercy.
+            std::thread::sleep(Duration::from_millis(200));
+            os::signal_own_group(Signal::KILL);
+        });
+    if spawned.is_err() {
+        // Without a watchdog we could outlive the parent: refuse to run.
+        std::process::exit(3);
+    }
+}
+
+/// What [`current_process`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentProcess {
+    /// `"MainProcess"` in the program you ran; the child's name in a child.
+    pub name: String,
+    /// This process's pid.
+    pub pid: u32,
+    /// The pid of the process that started this one. For a child started
+    /// through the forkserver this is the logical parent (the process that
+    /// called `start`), not the forkserver that forked it.
+    pub ppid: u32,
+    /// Whether this process is a child started by herd.
+    pub is_child: bool,
+    /// Whether this process is a daemon child.
+    pub daemon: bool,
+}
+
+/// Describes the current process; works in every process.
+///
+/// ```
+/// # fn main() {
+/// herd::init();
+/// let me = herd::current_process();
+/// assert_eq!(me.name, "MainProcess");
+/// assert_eq!(me.pid, std::process::id());
+/// assert!(!me.is_child);
+/// # }
+/// ```
+pub fn current_process() -> CurrentProcess {
+    let id = IDENTITY.get();
+    CurrentProcess {
+        name: id.map_or_else(|| "MainProcess".to_owned(), |i| i.name.clone()),
+        pid: std::process::id(),
+        ppid: id.and_then(|i| i.parent_pid).unwrap_or_else(os::getppid),
+        is_child: id.is_some_and(|i| i.parent_pid.is_some()),
+        daemon: id.is_some_and(|i| i.daemon),
+    }
+}

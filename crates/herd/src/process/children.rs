@@ -1,0 +1,243 @@
+//! Supervision of the children this process started: how each is linked to
+//! us (our own child, or a forkserver's), reaping, group signals, the table
+//! behind [`active_children`], and the exit handler that terminates daemon
+//! children and waits for the others.
+
+use std::io::{self, Read};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex, MutexGuard, Once};
+use std::time::{Duration, Instant};
+
+use super::forkserver::ForkServer;
+use super::status::{ExitStatus, ProcessState, Signal};
+use crate::os;
+
+/// How a child is tied to this process.
+#[derive(Debug)]
+pub(crate) enum Link {
+    /// Our own child: we hold its pidfd and reap it with `waitid(P_PIDFD)`.
+    Direct { pidfd: OwnedFd },
+    /// A forkserver's child: it reaps it and writes the status to a pipe.
+    Served {
+        pidfd: OwnedFd,
+        status: OwnedFd,
+        server: Arc<ForkServer>,
+    },
+}
+
+/// One child started by this process.
+#[derive(Debug)]
+pub(crate) struct ChildRecord {
+    pub(crate) pid: u32,
+    pub(crate) name: String,
+    pub(crate) daemon: bool,
+    link: Link,
+    /// `Some` once reaped. Held while reaping or signalling, so a group
+    /// signal never races the reap that would free the pid for reuse.
+    status: Mutex<Option<ExitStatus>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl ChildRecord {
+    pub(crate) fn new(pid: u32, name: String, daemon: bool, link: Link) -> Self {
+        Self { pid, name, daemon, link, status: Mutex::new(None) }
+    }
+
+    /// The fd that becomes readable when the child has exited and its
+    /// status can be collected.
+    pub(crate) fn exit_fd(&self) -> BorrowedFd<'_> {
+        match &self.link {
+            Link::Direct { pidfd } => pidfd.as_fd(),
+            Link::Served { status, .. } => status.as_fd(),
+        }
+    }
+
+    /// The child's pidfd.
+    pub(crate) fn pidfd(&self) -> BorrowedFd<'_> {
+        match &self.link {
+            Link::Direct { pidfd } | Link::Served { pidfd, .. } => pidfd.as_fd(),
+        }
+    }
+
+    /// The exit status if the child has exited (reaping it); never blocks.
+    pub(crate) fn poll_exit(&self) -> io::Result<Option<ExitStatus>> {
+        let mut st = lock(&self.status);
+        if st.is_none() {
+            *st = self.try_reap()?;
+        }
+        Ok(*st)
+    }
+
+    fn try_reap(&self) -> io::Result<Option<ExitStatus>> {
+        match &self.link {
+            Link::Direct { pidfd } => os::reap_nohang(pidfd.as_fd()),
+            Link::Served { status, .. } => {
+                if !os::wait_readable(&[status.as_fd()], Some(Instant::now()))?[0] {
+                    return Ok(None);
+                }
+                let mut buf = [0u8; 8];
+                let mut file = std::fs::File::from(status.try_clone()?);
+                match file.read_exact(&mut buf) {
+                    Ok(()) => Ok(Some(super::forkserver::decode_status(buf))),
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "the forkserver died before reporting the exit status",
+                    )),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    /// Waits for the child to exit, until `deadline` (`None`: forever).
+    pub(crate) fn wait_exit(&self, deadline: Option<Instant>) -> io::Result<Option<ExitStatus>> {
+        loop {
+            if let Some(st) = self.poll_exit()? {
+                return Ok(Some(st));
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(None);
+            }
+            os::wait_readable(&[self.exit_fd()], deadline)?;
+        }
+    }
+
+    /// Signals the child's whole process group, unless it was already reaped.
+    pub(crate) fn signal_group(&self, sig: Signal) -> io::Result<()> {
+        let st = lock(&self.status);
+        if st.is_some() {
+            return Ok(());
+        }
+        match &self.link {
+            // Unreaped, so the pid (and the group id equal to it) is still ours.
+            Link::Direct { .. } => os::signal_group(self.pid, sig).map(|_| ()),
+            Link::Served { server, pidfd, .. } => match server.signal_group(self.pid, sig) {
+                Ok(()) => Ok(()),
+                // The forkserver is gone: at least reach the child itself.
+                Err(_) => os::pidfd_signal(pidfd.as_fd(), sig),
+            },
+        }
+    }
+
+    /// Signals the child itself through its pidfd.
+    pub(crate) fn signal(&self, sig: Signal) -> io::Result<()> {
+        let st = lock(&self.status);
+        if st.is_some() {
+            return Ok(());
+        }
+        os::pidfd_signal(self.pidfd(), sig)
+    }
+
+    /// The state as the OS reports it, without reaping.
+    pub(crate) fn state(&self) -> io::Result<ProcessState> {
+        let st = lock(&self.status);
+        if let Some(s) = *st {
+            return Ok(ProcessState::from_exit(s));
+        }
+        match &self.link {
+            // Unreaped: /proc/<pid> is certainly our child, zombie or not.
+            Link::Direct { .. } => Ok(ProcessState::from_letter(os::proc_state_letter(self.pid)?)),
+            Link::Served { pidfd, .. } => {
+                let letter = os::proc_state_letter(self.pid);
+                // If the pidfd is not readable after the read, the child was
+                // alive throughout, so the pid was not reused under us.
+                if os::wait_readable(&[pidfd.as_fd()], Some(Instant::now()))?[0] {
+                    return Ok(ProcessState::Zombie);
+                }
+                Ok(ProcessState::from_letter(letter?))
+            }
+        }
+    }
+
+    /// SIGTERM (and SIGCONT, so a stopped child sees it) to the group, wait up
+    /// to `grace`, then SIGKILL. Always returns.
+    pub(crate) fn terminate(&self, grace: Duration) -> io::Result<ExitStatus> {
+        if let Some(st) = self.poll_exit()? {
+            return Ok(st);
+        }
+        self.signal_group(Signal::TERM)?;
+        self.signal_group(Signal::CONT)?;
+        if let Some(st) = self.wait_exit(Some(Instant::now() + grace))? {
+            return Ok(st);
+        }
+        self.kill()
+    }
+
+    /// SIGKILL to the group, then reap. Always returns.
+    pub(crate) fn kill(&self) -> io::Result<ExitStatus> {
+        if let Some(st) = self.poll_exit()? {
+            return Ok(st);
+        }
+        self.signal_group(Signal::KILL)?;
+        // SIGKILL on the leader cannot be ignored; the bound only guards
+        // against a process stuck in uninterruptible sleep.
+        self.signal(Signal::KILL)?;
+        self.wait_exit(Some(Instant::now() + Duration::from_secs(30)))?
+            .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "process did not die after SIGKILL"))
+    }
+}
+
+/// Every child started by this process and not yet known to be reaped.
+static CHILDREN: Mutex<Vec<Arc<ChildRecord>>> = Mutex::new(Vec::new());
+
+/// Adds a started child to the table (and arms the exit handler).
+pub(crate) fn register(record: Arc<ChildRecord>) {
+    static AT_EXIT: Once = Once::new();
+    AT_EXIT.call_once(|| {
+        // Without the handler, daemon children would still die with us
+        // (their watchdog), only less politely; nothing to do on failure.
+        let _ = os::at_exit(on_exit);
+    });
+    let mut children = lock(&CHILDREN);
+    sweep(&mut children);
+    children.push(record);
+}
+
+/// Drops reaped children from the table, reaping those that exited.
+fn sweep(children: &mut Vec<Arc<ChildRecord>>) {
+    children.retain(|c| !matches!(c.poll_exit(), Ok(Some(_)) | Err(_)));
+}
+
+/// A live child of the current process, as listed by [`active_children`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildInfo {
+    /// Its pid.
+    pub pid: u32,
+    /// Its name.
+    pub name: String,
+    /// Whether it is a daemon child.
+    pub daemon: bool,
+}
+
+/// The children of the current process that are still running. Like
+/// Python's `active_children()`, it reaps any that have finished.
+///
+/// ```
+/// # fn main() {
+/// herd::init();
+/// assert!(herd::active_children().is_empty());
+/// # }
+/// ```
+pub fn active_children() -> Vec<ChildInfo> {
+    let mut children = lock(&CHILDREN);
+    sweep(&mut children);
+    children
+        .iter()
+        .map(|c| ChildInfo { pid: c.pid, name: c.name.clone(), daemon: c.daemon })
+        .collect()
+}
+
+/// The exit handler: terminate daemon children, then wait for the others
+/// (Python's order and behaviour).
+extern "C" fn on_exit() {
+    let children: Vec<Arc<ChildRecord>> = std::mem::take(&mut *lock(&CHILDREN));
+    for c in children.iter().filter(|c| c.daemon) {
+        let _ = c.terminate(Duration::from_secs(1));
+    }
+    for c in children.iter().filter(|c| !c.daemon) {
+        let _ = c.wait_exit(None);
+    }
+}
