@@ -83,7 +83,10 @@ fn register_call(name: Ident) -> TokenStream {
 fn compile_error(msg: &str, span: Span) -> TokenStream {
     let mut lit = proc_macro::Literal::string(msg);
     lit.set_span(span);
-    let mut group = Group::new(Delimiter::Parenthesis, TokenStream::from(TokenTree::Literal(lit)));
+    let mut group = Group::new(
+        Delimiter::Parenthesis,
+        TokenStream::from(TokenTree::Literal(lit)),
+    );
     group.set_span(span);
     let mut bang = Punct::new('!', Spacing::Alone);
     bang.set_span(span);

@@ -96,8 +96,8 @@ mod task;
 
 pub use process::{
     ChildInfo, CurrentProcess, ExitStatus, Process, ProcessBuilder, ProcessError, ProcessState,
-    Refusal, Signal, StartError, StartMethod, Stdio, active_children, current_process, init,
-    set_start_method, spawn, start_method,
+    Refusal, Signal, StartError, StartMethod, Stdio, active_children, current_process,
+    forkserver_pid, init, set_start_method, spawn, start_method,
 };
 pub use task::{PanicReport, PreparedTask, RunFailure, TaskEntry, TaskFn};
 

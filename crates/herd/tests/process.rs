@@ -1,1 +1,805 @@
-fn main(){}
+//! Integration tests for `herd::Process` with real child processes.
+//!
+//! This target has `harness = false`: `main` calls `herd::init()` first (a
+//! child re-executes this binary) and then runs the tests with
+//! libtest-mimic. The same binary also plays helper programs (a parent to be
+//! SIGKILLed, a program that exits with children) when `HERD_TEST_ROLE` is
+//! set. No test sleeps to wait for another process: each waits on the event
+//! (a pidfd, a pipe, a join) with a generous deadline as a failure guard.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::{Command, Stdio as StdStdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use herd::{
+    ExitStatus, Process, ProcessError, ProcessState, Refusal, Signal, StartError, StartMethod,
+};
+use libtest_mimic::{Arguments, Failed, Trial};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A failure guard for every wait: generous, because CI machines are slow.
+const GUARD: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------- tasks
+
+#[herd::task]
+fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+#[herd::task]
+fn describe() -> (String, u32, u32, bool, bool) {
+    let me = herd::current_process();
+    (me.name, me.pid, me.ppid, me.is_child, me.daemon)
+}
+
+#[herd::task]
+fn panics(msg: String) -> u32 {
+    panic!("task failed: {msg}")
+}
+
+#[herd::task]
+fn block_forever() {
+    loop {
+        std::thread::park();
+    }
+}
+
+#[herd::task]
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[herd::task]
+fn sleep_then_print(ms: u64, s: String) {
+    std::thread::sleep(Duration::from_millis(ms));
+    println!("{s}");
+}
+
+#[herd::task]
+fn exit_with(code: i32) -> u32 {
+    std::process::exit(code)
+}
+
+#[herd::task]
+fn echo_bytes(v: Vec<u8>) -> Vec<u8> {
+    v
+}
+
+#[herd::task]
+fn quick() -> u8 {
+    7
+}
+
+#[herd::task]
+fn print_line(s: String) {
+    println!("{s}");
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+#[herd::task]
+fn bump_global(by: u64) -> u64 {
+    COUNTER.fetch_add(by, Ordering::SeqCst) + by
+}
+
+/// Starts a plain OS process (in this child's process group), prints its
+/// pid, then blocks: `terminate` must reach the grandchild too.
+#[herd::task]
+#[expect(clippy::zombie_processes, reason = "the group is killed by the test")]
+fn spawn_grandchild_then_block() -> u32 {
+    let child = Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .expect("spawn sleep");
+    println!("{}", child.id());
+    std::io::stdout().flush().expect("flush");
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Starts a herd child (blocking forever) and prints its pid, then blocks.
+#[herd::task]
+fn nested_then_block(method: u8) {
+    let p = Process::builder(block_forever, ())
+        .start_method(if method == 0 {
+            StartMethod::Spawn
+        } else {
+            StartMethod::ForkServer
+        })
+        .start()
+        .expect("nested start");
+    println!("{}", p.pid());
+    std::io::stdout().flush().expect("flush");
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Deserializes only even numbers: arguments that fail in the child.
+#[derive(Debug, Serialize)]
+struct EvenOnly(u32);
+
+impl<'de> Deserialize<'de> for EvenOnly {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = u32::deserialize(d)?;
+        if v % 2 == 0 {
+            Ok(Self(v))
+        } else {
+            Err(serde::de::Error::custom(format!("{v} is odd")))
+        }
+    }
+}
+
+#[herd::task]
+fn take_even(v: EvenOnly) -> u32 {
+    v.0
+}
+
+/// Never serializes.
+#[derive(Debug, Deserialize)]
+struct Unserializable;
+
+impl Serialize for Unserializable {
+    fn serialize<S: Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("this value refuses to serialize"))
+    }
+}
+
+#[herd::task]
+fn return_unserializable() -> Unserializable {
+    Unserializable
+}
+
+#[herd::task]
+fn take_unserializable(_v: Unserializable) -> u8 {
+    0
+}
+
+fn not_registered(x: u8) -> u8 {
+    x
+}
+
+// ---------------------------------------------------------------- helpers
+
+fn both<F: Fn(StartMethod) -> Result<(), Failed>>(f: F) -> Result<(), Failed> {
+    f(StartMethod::Spawn)?;
+    f(StartMethod::ForkServer)
+}
+
+fn check(cond: bool, what: impl Into<String>) -> Result<(), Failed> {
+    if cond {
+        Ok(())
+    } else {
+        Err(what.into().into())
+    }
+}
+
+/// Waits until `fd` is readable (a pidfd: the process exited).
+fn wait_fd(fd: std::os::fd::BorrowedFd<'_>, limit: Duration) -> bool {
+    let mut pfd = [rustix::event::PollFd::new(
+        &fd,
+        rustix::event::PollFlags::IN,
+    )];
+    let ts = rustix::event::Timespec {
+        tv_sec: limit.as_secs() as i64,
+        tv_nsec: 0,
+    };
+    matches!(rustix::event::poll(&mut pfd, Some(&ts)), Ok(n) if n > 0)
+}
+
+fn pidfd_of(pid: u32) -> Option<OwnedFd> {
+    rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(pid as i32)?,
+        rustix::process::PidfdFlags::empty(),
+    )
+    .ok()
+}
+
+/// Polls `f` until it returns true, yielding the CPU (no sleep), up to `limit`.
+fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::yield_now();
+    }
+    f()
+}
+
+fn helper(role: &str) -> Command {
+    let mut c = Command::new(std::env::current_exe().expect("current_exe"));
+    c.env("HERD_TEST_ROLE", role);
+    c
+}
+
+// ---------------------------------------------------------------- tests
+
+fn typed_result() -> Result<(), Failed> {
+    both(|m| {
+        let mut p = Process::builder(add, (40, 2)).start_method(m).start()?;
+        check(p.join()? == 42, "40 + 2")?;
+        check(p.exitcode() == Some(0), "exit code 0")?;
+        check(
+            matches!(p.join(), Err(ProcessError::AlreadyJoined { .. })),
+            "second join",
+        )
+    })
+}
+
+fn large_payloads_do_not_deadlock() -> Result<(), Failed> {
+    both(|m| {
+        // 1 MiB: several times a unix socket's buffer, so both sides must
+        // stream (a debug-build serde walks a Vec<u8> byte by byte, hence
+        // not more).
+        let data: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+        let mut p = Process::builder(echo_bytes, (data.clone(),))
+            .start_method(m)
+            .start()?;
+        check(p.join()? == data, "1 MiB round trip")
+    })
+}
+
+fn current_process_in_child() -> Result<(), Failed> {
+    both(|m| {
+        let mut p = Process::builder(describe, ())
+            .name("worker-7")
+            .daemon(true)
+            .start_method(m)
+            .start()?;
+        let (name, pid, ppid, is_child, daemon) = p.join()?;
+        check(name == "worker-7", format!("name {name}"))?;
+        check(pid == p.pid(), "pid")?;
+        check(ppid == std::process::id(), format!("ppid {ppid}"))?;
+        check(is_child && daemon, "is_child and daemon")?;
+        let me = herd::current_process();
+        check(
+            me.name == "MainProcess" && !me.is_child,
+            "main process identity",
+        )
+    })
+}
+
+fn default_names_count_up() -> Result<(), Failed> {
+    let mut a = herd::spawn(describe, ())?;
+    let mut b = herd::spawn(describe, ())?;
+    let (na, nb) = (a.join()?.0, b.join()?.0);
+    check(
+        na.starts_with("Process-") && nb.starts_with("Process-") && na != nb,
+        format!("{na} {nb}"),
+    )
+}
+
+fn panic_is_reported() -> Result<(), Failed> {
+    both(|m| {
+        let mut p = Process::builder(panics, ("boom".to_owned(),))
+            .start_method(m)
+            .stderr(herd::Stdio::null())
+            .start()?;
+        match p.join() {
+            Err(ProcessError::Panicked { report, pid }) => {
+                check(pid == p.pid(), "pid in error")?;
+                check(
+                    report.message == "task failed: boom",
+                    format!("message {}", report.message),
+                )?;
+                let loc = report.location.clone().unwrap_or_default();
+                check(loc.contains("tests/process.rs"), format!("location {loc}"))?;
+                check(
+                    report.backtrace.contains("panics"),
+                    "backtrace names the task",
+                )?;
+                check(p.exitcode() == Some(101), "exit code 101")
+            }
+            other => Err(format!("expected a panic, got {other:?}").into()),
+        }
+    })
+}
+
+fn sigkill_is_reported() -> Result<(), Failed> {
+    both(|m| {
+        let mut p = Process::builder(block_forever, ())
+            .start_method(m)
+            .start()?;
+        p.signal(Signal::KILL)?;
+        match p.join() {
+            Err(
+                e @ ProcessError::Signaled {
+                    signal: Signal::KILL,
+                    ..
+                },
+            ) => {
+                check(
+                    e.to_string().contains("SIGKILL"),
+                    "message names the signal",
+                )?;
+                check(p.exitcode() == Some(-9), "exitcode -9")
+            }
+            other => Err(format!("expected SIGKILL, got {other:?}").into()),
+        }
+    })
+}
+
+fn terminate_blocked_child_and_its_group() -> Result<(), Failed> {
+    both(|m| {
+        let (reader, writer) = std::io::pipe()?;
+        let mut p = Process::builder(spawn_grandchild_then_block, ())
+            .start_method(m)
+            .stdout(writer)
+            .terminate_grace(Duration::from_secs(5))
+            .start()?;
+        let mut line = String::new();
+        BufReader::new(reader).read_line(&mut line)?;
+        let grandchild: u32 = line.trim().parse()?;
+        let gfd = pidfd_of(grandchild).ok_or("grandchild pidfd")?;
+        let status = p.terminate()?;
+        check(
+            status == ExitStatus::Signaled(Signal::TERM),
+            format!("status {status}"),
+        )?;
+        check(
+            wait_fd(gfd.as_fd(), GUARD),
+            "the grandchild in the group died too",
+        )?;
+        check(!p.is_alive(), "not alive")?;
+        match p.join() {
+            Err(ProcessError::Signaled {
+                signal: Signal::TERM,
+                ..
+            }) => Ok(()),
+            other => Err(format!("expected SIGTERM, got {other:?}").into()),
+        }
+    })
+}
+
+fn join_timeout_and_try_join() -> Result<(), Failed> {
+    both(|m| {
+        let mut p = Process::builder(block_forever, ())
+            .start_method(m)
+            .start()?;
+        check(p.try_join()?.is_none(), "try_join while running")?;
+        let t = Instant::now();
+        check(
+            p.join_timeout(Duration::from_millis(50))?.is_none(),
+            "join_timeout while running",
+        )?;
+        check(
+            t.elapsed() >= Duration::from_millis(50),
+            "join_timeout waited",
+        )?;
+        check(p.is_alive() && p.exitcode().is_none(), "still alive")?;
+        p.kill()?;
+        let mut q = Process::builder(sleep_ms, (10,)).start_method(m).start()?;
+        check(
+            q.join_timeout(GUARD)? == Some(10),
+            "join_timeout gets the value",
+        )
+    })
+}
+
+fn state_of_stopped_and_zombie() -> Result<(), Failed> {
+    both(|m| {
+        let mut p = Process::builder(block_forever, ())
+            .start_method(m)
+            .start()?;
+        check(
+            eventually(GUARD, || {
+                p.state().is_ok_and(|s| s == ProcessState::Sleeping)
+            }),
+            "sleeping while parked",
+        )?;
+        p.signal(Signal::STOP)?;
+        check(
+            eventually(GUARD, || {
+                p.state().is_ok_and(|s| s == ProcessState::Stopped)
+            }),
+            format!("stopped, got {:?}", p.state()),
+        )?;
+        p.signal(Signal::CONT)?;
+        check(
+            eventually(GUARD, || {
+                p.state().is_ok_and(|s| s != ProcessState::Stopped)
+            }),
+            "continued",
+        )?;
+        p.kill()?;
+        check(
+            p.state()? == ProcessState::Signaled(Signal::KILL),
+            "signaled after reaping",
+        )?;
+
+        let mut q = Process::builder(quick, ()).start_method(m).start()?;
+        check(wait_fd(q.pidfd(), GUARD), "child exited")?;
+        check(
+            q.state()? == ProcessState::Zombie,
+            format!("zombie, got {:?}", q.state()),
+        )?;
+        check(q.join()? == 7, "value after zombie")?;
+        check(
+            q.state()? == ProcessState::Exited(0),
+            "exited(0) after join",
+        )
+    })
+}
+
+fn exit_without_result() -> Result<(), Failed> {
+    both(|m| {
+        let mut p = Process::builder(exit_with, (3,)).start_method(m).start()?;
+        match p.join() {
+            Err(ProcessError::ExitedWithoutResult { code: 3, .. }) => Ok(()),
+            other => Err(format!("expected exit 3, got {other:?}").into()),
+        }
+    })
+}
+
+fn args_that_do_not_deserialize() -> Result<(), Failed> {
+    both(|m| {
+        let mut ok = Process::builder(take_even, (EvenOnly(4),))
+            .start_method(m)
+            .start()?;
+        check(ok.join()? == 4, "even passes")?;
+        match Process::builder(take_even, (EvenOnly(3),))
+            .start_method(m)
+            .start()
+        {
+            Err(StartError::Refused {
+                refusal: Refusal::ArgsDecode { reason },
+                ..
+            }) => check(reason.contains("3 is odd"), format!("reason {reason}")),
+            other => Err(format!("expected ArgsDecode, got {other:?}").into()),
+        }
+    })
+}
+
+fn values_that_do_not_serialize() -> Result<(), Failed> {
+    both(|m| {
+        match Process::builder(take_unserializable, (Unserializable,))
+            .start_method(m)
+            .start()
+        {
+            Err(StartError::ArgsEncode { reason, .. }) => check(reason.contains("refuses"), reason),
+            other => Err(format!("expected ArgsEncode, got {other:?}").into()),
+        }?;
+        let mut p = Process::builder(return_unserializable, ())
+            .start_method(m)
+            .start()?;
+        match p.join() {
+            Err(ProcessError::ResultEncode { reason, .. }) => {
+                check(reason.contains("refuses"), reason)
+            }
+            other => Err(format!("expected ResultEncode, got {other:?}").into()),
+        }
+    })
+}
+
+fn unregistered_task_is_refused() -> Result<(), Failed> {
+    match Process::builder(not_registered, (1,)).start() {
+        Err(StartError::UnregisteredTask { task }) => check(task.contains("not_registered"), task),
+        other => Err(format!("expected UnregisteredTask, got {other:?}").into()),
+    }
+}
+
+fn wrong_build_is_refused() -> Result<(), Failed> {
+    // The same program, padded by one byte: for herd a different build.
+    let dir = std::env::temp_dir().join(format!("herd-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let copy = dir.join("other-build");
+    std::fs::copy(std::env::current_exe()?, &copy)?;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&copy)?
+        .write_all(b"\0")?;
+    let result = Process::builder(add, (1, 2)).executable(&copy).start();
+    let _ = std::fs::remove_dir_all(&dir);
+    match result {
+        Err(
+            e @ StartError::Refused {
+                refusal: Refusal::BuildMismatch { .. },
+                ..
+            },
+        ) => check(e.to_string().contains("different build"), e.to_string()),
+        other => Err(format!("expected BuildMismatch, got {other:?}").into()),
+    }
+}
+
+fn other_program_is_refused() -> Result<(), Failed> {
+    // A different herd program altogether (an example of this crate).
+    let exe = std::env::current_exe()?;
+    let example = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|d| d.join("examples").join("s4_globals"))
+        .ok_or("no target dir")?;
+    match Process::builder(add, (1, 2)).executable(&example).start() {
+        Err(StartError::Refused {
+            refusal: Refusal::BuildMismatch { .. },
+            ..
+        }) => Ok(()),
+        other => Err(format!("expected BuildMismatch, got {other:?}").into()),
+    }
+}
+
+fn missing_executable_fails_at_start() -> Result<(), Failed> {
+    match Process::builder(add, (1, 2))
+        .executable("/nonexistent/herd-program")
+        .start()
+    {
+        Err(StartError::Spawn(e)) => check(e.kind() == std::io::ErrorKind::NotFound, e.to_string()),
+        other => Err(format!("expected Spawn error, got {other:?}").into()),
+    }
+}
+
+fn globals_are_not_shared() -> Result<(), Failed> {
+    both(|m| {
+        COUNTER.store(100, Ordering::SeqCst);
+        let mut p = Process::builder(bump_global, (5,))
+            .start_method(m)
+            .start()?;
+        let in_child = p.join()?;
+        check(COUNTER.load(Ordering::SeqCst) == 100, "parent unchanged")?;
+        // Spawn re-executes (fresh 0); the forkserver was forked before the
+        // parent changed its copy (also 0): either way not the parent's 100.
+        check(in_child == 5, format!("child saw its own copy: {in_child}"))
+    })
+}
+
+fn stdout_redirected() -> Result<(), Failed> {
+    both(|m| {
+        let (mut reader, writer) = std::io::pipe()?;
+        let mut p = Process::builder(print_line, ("hello from the child".to_owned(),))
+            .start_method(m)
+            .stdout(writer)
+            .start()?;
+        p.join()?;
+        let mut out = String::new();
+        reader.read_to_string(&mut out)?;
+        check(out == "hello from the child\n", format!("{out:?}"))
+    })
+}
+
+fn active_children_lists_live_ones() -> Result<(), Failed> {
+    let mut p = Process::builder(block_forever, ()).name("listed").start()?;
+    let listed = herd::active_children();
+    check(
+        listed
+            .iter()
+            .any(|c| c.pid == p.pid() && c.name == "listed"),
+        format!("{listed:?}"),
+    )?;
+    p.kill()?;
+    check(
+        !herd::active_children().iter().any(|c| c.pid == p.pid()),
+        "gone after kill",
+    )
+}
+
+/// Runs in a helper process: killing the forkserver under the other tests
+/// would kill their children too.
+fn forkserver_killed_is_replaced() -> Result<(), Failed> {
+    let out = helper("forkserver-restart")
+        .stderr(StdStdio::inherit())
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    check(
+        out.status.success() && text.contains("replaced"),
+        format!("helper said {text:?}"),
+    )
+}
+
+fn forkserver_restart() -> Result<(), Failed> {
+    let mut p = Process::builder(quick, ())
+        .start_method(StartMethod::ForkServer)
+        .start()?;
+    check(p.join()? == 7, "first child")?;
+    let server = herd::forkserver_pid().ok_or("no forkserver")?;
+    let fd = pidfd_of(server).ok_or("forkserver pidfd")?;
+    rustix::process::pidfd_send_signal(&fd, rustix::process::Signal::KILL)?;
+    check(wait_fd(fd.as_fd(), GUARD), "forkserver died")?;
+    let mut q = Process::builder(quick, ())
+        .start_method(StartMethod::ForkServer)
+        .start()?;
+    check(q.join()? == 7, "a child through a new forkserver")?;
+    check(
+        herd::forkserver_pid().is_some_and(|p| p != server),
+        "a new forkserver",
+    )
+}
+
+fn not_initialized_is_an_error() -> Result<(), Failed> {
+    let out = helper("no-init").output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    check(
+        text.contains("NotInitialized"),
+        format!("helper said {text:?}"),
+    )
+}
+
+/// The parent is SIGKILLed: every child (both methods, and a nested one)
+/// is gone within a second.
+fn parent_sigkill_ends_children() -> Result<(), Failed> {
+    let mut parent = helper("orphan-maker")
+        .stdout(StdStdio::piped())
+        .stdin(StdStdio::piped())
+        .spawn()?;
+    let mut lines = BufReader::new(parent.stdout.take().ok_or("stdout")?).lines();
+    let mut fds = Vec::new();
+    for _ in 0..4 {
+        let line = lines.next().ok_or("helper ended early")??;
+        let pid: u32 = line.trim().parse()?;
+        fds.push((pid, pidfd_of(pid).ok_or("pidfd of a child")?));
+    }
+    let killed = Instant::now();
+    parent.kill()?;
+    parent.wait()?;
+    for (pid, fd) in &fds {
+        check(
+            wait_fd(fd.as_fd(), GUARD),
+            format!("child {pid} still alive"),
+        )?;
+    }
+    let took = killed.elapsed();
+    check(
+        took < Duration::from_secs(1),
+        format!("children took {took:?} to die"),
+    )
+}
+
+/// At normal exit, daemon children are terminated and others waited for.
+fn exit_terminates_daemons_and_waits_for_others() -> Result<(), Failed> {
+    let out = helper("exit-with-children")
+        .stderr(StdStdio::inherit())
+        .output()?;
+    check(
+        out.status.success(),
+        format!("helper status {:?}", out.status),
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let daemon: u32 = lines.next().ok_or("daemon pid")?.parse()?;
+    check(
+        text.contains("non-daemon finished"),
+        format!("non-daemon was waited for: {text:?}"),
+    )?;
+    // The helper reaped the daemon before exiting, so no such process exists.
+    check(
+        !std::path::Path::new(&format!("/proc/{daemon}")).exists(),
+        "daemon terminated",
+    )
+}
+
+// ---------------------------------------------------------------- roles
+
+fn role(name: &str) -> ! {
+    match name {
+        "orphan-maker" => {
+            let out = std::io::stdout();
+            let a = Process::builder(block_forever, ())
+                .start_method(StartMethod::Spawn)
+                .start()
+                .expect("a");
+            let b = Process::builder(block_forever, ())
+                .start_method(StartMethod::ForkServer)
+                .start()
+                .expect("b");
+            let (r, w) = std::io::pipe().expect("pipe");
+            let c = Process::builder(nested_then_block, (0,))
+                .start_method(StartMethod::ForkServer)
+                .stdout(w)
+                .start()
+                .expect("c");
+            let mut grandchild = String::new();
+            BufReader::new(r)
+                .read_line(&mut grandchild)
+                .expect("grandchild pid");
+            writeln!(
+                out.lock(),
+                "{}\n{}\n{}\n{}",
+                a.pid(),
+                b.pid(),
+                c.pid(),
+                grandchild.trim()
+            )
+            .expect("write");
+            out.lock().flush().expect("flush");
+            // Block until killed.
+            let mut sink = String::new();
+            let _ = std::io::stdin().read_line(&mut sink);
+            std::process::exit(0)
+        }
+        "exit-with-children" => {
+            let d = Process::builder(block_forever, ())
+                .daemon(true)
+                .start()
+                .expect("daemon");
+            println!("{}", d.pid());
+            // A slow non-daemon child: if exit did not wait for it, the
+            // watchdog would kill it when this helper died, before it printed.
+            let n = Process::builder(sleep_then_print, (300, "non-daemon finished".to_owned()))
+                .start()
+                .expect("non-daemon");
+            drop((d, n));
+            std::process::exit(0)
+        }
+        "forkserver-restart" => match forkserver_restart() {
+            Ok(()) => {
+                println!("replaced");
+                std::process::exit(0)
+            }
+            Err(e) => {
+                println!("{e:?}");
+                std::process::exit(1)
+            }
+        },
+        other => panic!("unknown role {other}"),
+    }
+}
+
+fn main() {
+    if std::env::var("HERD_TEST_ROLE").as_deref() == Ok("no-init") {
+        // Deliberately no herd::init(): start must refuse.
+        match Process::builder(add, (1, 1)).start() {
+            Err(e) => println!("{e:?}"),
+            Ok(_) => println!("started without init"),
+        }
+        return;
+    }
+    herd::init();
+    if let Ok(r) = std::env::var("HERD_TEST_ROLE") {
+        role(&r);
+    }
+    let args = Arguments::from_args();
+    let other_program_exists = std::env::current_exe()
+        .ok()
+        .and_then(|e| Some(e.parent()?.parent()?.join("examples").join("s4_globals")))
+        .is_some_and(|p| p.exists());
+    let tests = vec![
+        Trial::test("typed_result", typed_result),
+        Trial::test(
+            "large_payloads_do_not_deadlock",
+            large_payloads_do_not_deadlock,
+        ),
+        Trial::test("current_process_in_child", current_process_in_child),
+        Trial::test("default_names_count_up", default_names_count_up),
+        Trial::test("panic_is_reported", panic_is_reported),
+        Trial::test("sigkill_is_reported", sigkill_is_reported),
+        Trial::test(
+            "terminate_blocked_child_and_its_group",
+            terminate_blocked_child_and_its_group,
+        ),
+        Trial::test("join_timeout_and_try_join", join_timeout_and_try_join),
+        Trial::test("state_of_stopped_and_zombie", state_of_stopped_and_zombie),
+        Trial::test("exit_without_result", exit_without_result),
+        Trial::test("args_that_do_not_deserialize", args_that_do_not_deserialize),
+        Trial::test("values_that_do_not_serialize", values_that_do_not_serialize),
+        Trial::test("unregistered_task_is_refused", unregistered_task_is_refused),
+        Trial::test("wrong_build_is_refused", wrong_build_is_refused),
+        Trial::test("other_program_is_refused", other_program_is_refused)
+            .with_ignored_flag(!other_program_exists),
+        Trial::test(
+            "missing_executable_fails_at_start",
+            missing_executable_fails_at_start,
+        ),
+        Trial::test("globals_are_not_shared", globals_are_not_shared),
+        Trial::test("stdout_redirected", stdout_redirected),
+        Trial::test(
+            "active_children_lists_live_ones",
+            active_children_lists_live_ones,
+        ),
+        Trial::test("not_initialized_is_an_error", not_initialized_is_an_error),
+        Trial::test(
+            "forkserver_killed_is_replaced",
+            forkserver_killed_is_replaced,
+        ),
+        Trial::test("parent_sigkill_ends_children", parent_sigkill_ends_children),
+        Trial::test(
+            "exit_terminates_daemons_and_waits_for_others",
+            exit_terminates_daemons_and_waits_for_others,
+        ),
+    ];
+    libtest_mimic::run(&args, tests).exit();
+}

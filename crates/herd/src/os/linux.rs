@@ -29,7 +29,10 @@ fn pid_of(pid: u32) -> io::Result<Pid> {
 fn rustix_signal(sig: Signal) -> io::Result<rustix::process::Signal> {
     let raw = sig.as_raw();
     if !(1..=64).contains(&raw) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "invalid signal number"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "invalid signal number",
+        ));
     }
     // SAFETY: `raw` is a non-zero signal number in the kernel's range; herd only
     // sends it (it never blocks or handles libc-reserved real-time signals).
@@ -39,7 +42,10 @@ fn rustix_signal(sig: Signal) -> io::Result<rustix::process::Signal> {
 /// Opens a pidfd for `pid`. Race-free only while `pid` cannot be reaped by
 /// anyone else: our own unreaped child, or the calling process itself.
 pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
-    Ok(rustix::process::pidfd_open(pid_of(pid)?, PidfdFlags::empty())?)
+    Ok(rustix::process::pidfd_open(
+        pid_of(pid)?,
+        PidfdFlags::empty(),
+    )?)
 }
 
 /// A pidfd for the calling process.
@@ -183,16 +189,33 @@ pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Sends one message with `fds` attached (`SCM_RIGHTS`).
-pub(crate) fn send_with_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+pub(crate) fn send_with_fds(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many fds for one message"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many fds for one message",
+        ));
     }
     loop {
-        match rustix::net::sendmsg(sock, &[IoSlice::new(bytes)], &mut control, SendFlags::NOSIGNAL) {
+        match rustix::net::sendmsg(
+            sock,
+            &[IoSlice::new(bytes)],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        ) {
             Ok(n) if n == bytes.len() => return Ok(()),
-            Ok(_) => return Err(io::Error::new(io::ErrorKind::WriteZero, "short message send")),
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "short message send",
+                ));
+            }
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
         }
@@ -201,11 +224,19 @@ pub(crate) fn send_with_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedF
 
 /// Receives one message and the fds attached to it. Zero bytes means the peer
 /// closed the socket.
-pub(crate) fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+pub(crate) fn recv_with_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<(usize, Vec<OwnedFd>)> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     loop {
         let mut control = RecvAncillaryBuffer::new(&mut space);
-        match rustix::net::recvmsg(sock, &mut [IoSliceMut::new(buf)], &mut control, RecvFlags::CMSG_CLOEXEC) {
+        match rustix::net::recvmsg(
+            sock,
+            &mut [IoSliceMut::new(buf)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
             Ok(msg) => {
                 let mut fds = Vec::new();
                 for m in control.drain() {
@@ -214,7 +245,10 @@ pub(crate) fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<
                     }
                 }
                 if msg.flags.contains(rustix::net::ReturnFlags::TRUNC) {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, "message truncated"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "message truncated",
+                    ));
                 }
                 return Ok((msg.bytes, fds));
             }
@@ -321,7 +355,11 @@ pub(crate) fn close_fds_except(from: RawFd, keep: &[RawFd]) {
 /// runs, even if it has since been replaced or deleted on disk.
 pub(crate) fn self_exe() -> PathBuf {
     let proc = PathBuf::from("/proc/self/exe");
-    if proc.exists() { proc } else { std::env::current_exe().unwrap_or(proc) }
+    if proc.exists() {
+        proc
+    } else {
+        std::env::current_exe().unwrap_or(proc)
+    }
 }
 
 /// A cheap identity of an executable file: its size (the same build has the

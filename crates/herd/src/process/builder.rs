@@ -297,14 +297,16 @@ impl<R: DeserializeOwned> ProcessBuilder<R> {
         if !child::initialized() || std::env::var_os(spawn::BOOTSTRAP_ENV).is_some() {
             return Err(StartError::NotInitialized);
         }
-        let entry = task::find_by_type(self.task_type)
-            .ok_or(StartError::UnregisteredTask { task: self.task_type_name })?;
+        let entry = task::find_by_type(self.task_type).ok_or(StartError::UnregisteredTask {
+            task: self.task_type_name,
+        })?;
         if task::find_by_name(entry.name).is_err() {
             return Err(StartError::AmbiguousTask { name: entry.name });
         }
-        let args = self
-            .args
-            .map_err(|reason| StartError::ArgsEncode { task: entry.name, reason })?;
+        let args = self.args.map_err(|reason| StartError::ArgsEncode {
+            task: entry.name,
+            reason,
+        })?;
         let (identity, default_name) = child::next_child_identity();
         let name = self.name.unwrap_or(default_name);
         let request = Request {
@@ -317,8 +319,10 @@ impl<R: DeserializeOwned> ProcessBuilder<R> {
             identity,
             parent_pid: std::process::id(),
         };
-        let frame = protocol::frame(&request)
-            .map_err(|reason| StartError::ArgsEncode { task: entry.name, reason })?;
+        let frame = protocol::frame(&request).map_err(|reason| StartError::ArgsEncode {
+            task: entry.name,
+            reason,
+        })?;
         let method = if self.executable.is_some() {
             StartMethod::Spawn
         } else {
@@ -332,13 +336,27 @@ impl<R: DeserializeOwned> ProcessBuilder<R> {
             }
             StartMethod::ForkServer => {
                 let s = forkserver::spawn_child(self.stdio).map_err(StartError::ForkServer)?;
-                (s.pid, Link::Served { pidfd: s.pidfd, status: s.status, server: s.server }, s.sock)
+                (
+                    s.pid,
+                    Link::Served {
+                        pidfd: s.pidfd,
+                        status: s.status,
+                        server: s.server,
+                    },
+                    s.sock,
+                )
             }
         };
         let record = Arc::new(ChildRecord::new(pid, name, self.daemon, link));
         let mut stream = UnixStream::from(sock);
         let mut reader = FrameReader::default();
-        match bootstrap(&record, &mut stream, &mut reader, &frame, self.bootstrap_timeout) {
+        match bootstrap(
+            &record,
+            &mut stream,
+            &mut reader,
+            &frame,
+            self.bootstrap_timeout,
+        ) {
             Ok(()) => {
                 children::register(Arc::clone(&record));
                 Ok(Process::new(record, stream, reader, self.terminate_grace))
@@ -403,7 +421,8 @@ fn bootstrap(
         if Instant::now() >= deadline {
             return Err(timed_out);
         }
-        let ready = os::wait_readable(&[stream.as_fd(), record.pidfd()], Some(deadline)).map_err(io_err)?;
+        let ready =
+            os::wait_readable(&[stream.as_fd(), record.pidfd()], Some(deadline)).map_err(io_err)?;
         if ready[1] && !ready[0] {
             // Exited without a word: drain once more, then report the death.
             reader.fill(stream).map_err(io_err)?;

@@ -95,7 +95,10 @@ pub(crate) fn next_child_identity() -> (Vec<u32>, String) {
     path.push(n);
     let name = format!(
         "Process-{}",
-        path.iter().map(u32::to_string).collect::<Vec<_>>().join(":")
+        path.iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(":")
     );
     (path, name)
 }
@@ -115,7 +118,13 @@ pub(crate) fn child_main(sock: OwnedFd, parent: OwnedFd) -> ! {
     };
     let child_build = task::build_id();
     if request.build_id != child_build {
-        refuse(&mut stream, Refusal::BuildMismatch { parent: request.build_id, child: child_build });
+        refuse(
+            &mut stream,
+            Refusal::BuildMismatch {
+                parent: request.build_id,
+                child: child_build,
+            },
+        );
     }
     let entry = match task::find_by_name(&request.task) {
         Ok(Some(e)) => e,
@@ -123,7 +132,10 @@ pub(crate) fn child_main(sock: OwnedFd, parent: OwnedFd) -> ! {
         Err(()) => refuse(&mut stream, Refusal::AmbiguousTask { name: request.task }),
     };
     if (entry.fingerprint)() != request.fingerprint {
-        refuse(&mut stream, Refusal::FingerprintMismatch { name: request.task });
+        refuse(
+            &mut stream,
+            Refusal::FingerprintMismatch { name: request.task },
+        );
     }
     let call = match (entry.prepare)(&request.args) {
         Ok(call) => call,

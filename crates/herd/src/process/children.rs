@@ -43,7 +43,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl ChildRecord {
     pub(crate) fn new(pid: u32, name: String, daemon: bool, link: Link) -> Self {
-        Self { pid, name, daemon, link, status: Mutex::new(None) }
+        Self {
+            pid,
+            name,
+            daemon,
+            link,
+            status: Mutex::new(None),
+        }
     }
 
     /// The fd that becomes readable when the child has exited and its
@@ -176,7 +182,9 @@ impl ChildRecord {
         // against a process stuck in uninterruptible sleep.
         self.signal(Signal::KILL)?;
         self.wait_exit(Some(Instant::now() + Duration::from_secs(30)))?
-            .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "process did not die after SIGKILL"))
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::TimedOut, "process did not die after SIGKILL")
+            })
     }
 }
 
@@ -226,7 +234,11 @@ pub fn active_children() -> Vec<ChildInfo> {
     sweep(&mut children);
     children
         .iter()
-        .map(|c| ChildInfo { pid: c.pid, name: c.name.clone(), daemon: c.daemon })
+        .map(|c| ChildInfo {
+            pid: c.pid,
+            name: c.name.clone(),
+            daemon: c.daemon,
+        })
         .collect()
 }
 

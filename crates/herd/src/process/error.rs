@@ -106,7 +106,9 @@ pub enum Refusal {
         name: String,
     },
     /// The child is not the same build as the parent.
-    #[error("the child is a different build of the program (build id {child:016x}, parent {parent:016x})")]
+    #[error(
+        "the child is a different build of the program (build id {child:016x}, parent {parent:016x})"
+    )]
     BuildMismatch {
         /// The parent's build id.
         parent: u64,

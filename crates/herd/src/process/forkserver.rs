@@ -39,10 +39,18 @@ enum ServerRequest {
 #[derive(Debug, Serialize, Deserialize)]
 enum ServerReply {
     /// Forked; fds: pidfd, status pipe.
-    Spawned { pid: u32 },
-    SpawnFailed { errno: i32 },
-    Signalled { delivered: bool },
-    SignalFailed { errno: i32 },
+    Spawned {
+        pid: u32,
+    },
+    SpawnFailed {
+        errno: i32,
+    },
+    Signalled {
+        delivered: bool,
+    },
+    SignalFailed {
+        errno: i32,
+    },
 }
 
 /// A connection to this process's forkserver.
@@ -83,7 +91,13 @@ pub(crate) fn spawn_child(stdio: [Stdio; 3]) -> io::Result<ServedChild> {
         let server = current_server()?;
         match server.request_spawn(&theirs, &fds) {
             Ok((pid, pidfd, status)) => {
-                return Ok(ServedChild { pid, pidfd, status, sock: ours, server });
+                return Ok(ServedChild {
+                    pid,
+                    pidfd,
+                    status,
+                    sock: ours,
+                    server,
+                });
             }
             Err(e) if attempt == 0 && is_dead_server(&e) => {
                 // The forkserver died (killed from outside?): start a new one.
@@ -124,13 +138,21 @@ fn current_server() -> io::Result<Arc<ForkServer>> {
     // one message: the server's end of a fresh SEQPACKET pair.
     let (ours, theirs) = os::seqpacket_pair()?;
     os::send_with_fds(started.sock.as_fd(), b"S", &[theirs.as_fd()])?;
-    let server = Arc::new(ForkServer { conn: Mutex::new(ours), pid: started.pid, _pidfd: started.pidfd });
+    let server = Arc::new(ForkServer {
+        conn: Mutex::new(ours),
+        pid: started.pid,
+        _pidfd: started.pidfd,
+    });
     *slot = Some(Arc::clone(&server));
     Ok(server)
 }
 
 impl ForkServer {
-    fn call(&self, req: &ServerRequest, fds: &[BorrowedFd<'_>]) -> io::Result<(ServerReply, Vec<OwnedFd>)> {
+    fn call(
+        &self,
+        req: &ServerRequest,
+        fds: &[BorrowedFd<'_>],
+    ) -> io::Result<(ServerReply, Vec<OwnedFd>)> {
         let body = crate::task::encode(req).map_err(io::Error::other)?;
         let conn = lock(&self.conn);
         os::send_with_fds(conn.as_fd(), &body, fds)?;
@@ -144,37 +166,61 @@ impl ForkServer {
         Ok((reply, got))
     }
 
-    fn request_spawn(&self, sock: &OwnedFd, stdio: &[OwnedFd; 3]) -> io::Result<(u32, OwnedFd, OwnedFd)> {
-        let fds = [sock.as_fd(), stdio[0].as_fd(), stdio[1].as_fd(), stdio[2].as_fd()];
+    fn request_spawn(
+        &self,
+        sock: &OwnedFd,
+        stdio: &[OwnedFd; 3],
+    ) -> io::Result<(u32, OwnedFd, OwnedFd)> {
+        let fds = [
+            sock.as_fd(),
+            stdio[0].as_fd(),
+            stdio[1].as_fd(),
+            stdio[2].as_fd(),
+        ];
         let (reply, got) = self.call(&ServerRequest::Spawn, &fds)?;
         match reply {
             ServerReply::Spawned { pid } => {
                 let mut got = got.into_iter();
                 match (got.next(), got.next()) {
                     (Some(pidfd), Some(status)) => Ok((pid, pidfd, status)),
-                    _ => Err(io::Error::new(io::ErrorKind::InvalidData, "forkserver reply lacks fds")),
+                    _ => Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "forkserver reply lacks fds",
+                    )),
                 }
             }
             ServerReply::SpawnFailed { errno } => Err(io::Error::from_raw_os_error(errno)),
-            other => Err(io::Error::new(io::ErrorKind::InvalidData, format!("unexpected forkserver reply {other:?}"))),
+            other => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("unexpected forkserver reply {other:?}"),
+            )),
         }
     }
 
     /// Signals the group of child `pid`, if the server has not reaped it.
     pub(crate) fn signal_group(&self, pid: u32, sig: Signal) -> io::Result<()> {
-        let (reply, _) = self.call(&ServerRequest::SignalGroup { pid, signal: sig.as_raw() }, &[])?;
+        let (reply, _) = self.call(
+            &ServerRequest::SignalGroup {
+                pid,
+                signal: sig.as_raw(),
+            },
+            &[],
+        )?;
         match reply {
             ServerReply::Signalled { .. } => Ok(()),
             ServerReply::SignalFailed { errno } => Err(io::Error::from_raw_os_error(errno)),
-            other => Err(io::Error::new(io::ErrorKind::InvalidData, format!("unexpected forkserver reply {other:?}"))),
+            other => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("unexpected forkserver reply {other:?}"),
+            )),
         }
     }
+}
 
-    /// The forkserver's pid.
-    #[cfg_attr(not(test), expect(dead_code, reason = "kept for diagnostics"))]
-    pub(crate) fn pid(&self) -> u32 {
-        self.pid
-    }
+/// The pid of this process's forkserver, if one is running (for diagnostics:
+/// `ps`, or a test that kills it to check that herd starts a new one).
+pub fn forkserver_pid() -> Option<u32> {
+    lock(&SERVER).as_ref().map(|s| s.pid)
 }
 
 /// Status pipe encoding: kind (0 exited, 1 signalled) and value.
@@ -192,7 +238,11 @@ fn encode_status(st: ExitStatus) -> [u8; 8] {
 pub(crate) fn decode_status(b: [u8; 8]) -> ExitStatus {
     let kind = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     let val = i32::from_le_bytes([b[4], b[5], b[6], b[7]]);
-    if kind == 1 { ExitStatus::Signaled(Signal::from_raw(val)) } else { ExitStatus::Exited(val) }
+    if kind == 1 {
+        ExitStatus::Signaled(Signal::from_raw(val))
+    } else {
+        ExitStatus::Exited(val)
+    }
 }
 
 struct Served {
@@ -224,7 +274,12 @@ pub(crate) fn serve(boot: OwnedFd, parent_pidfd: OwnedFd) -> ! {
             shutdown(&children);
         }
         // Reap the children that exited and report their status.
-        let exited: Vec<usize> = ready[2..].iter().enumerate().filter(|(_, r)| **r).map(|(i, _)| i).collect();
+        let exited: Vec<usize> = ready[2..]
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| **r)
+            .map(|(i, _)| i)
+            .collect();
         for i in exited.into_iter().rev() {
             if let Ok(Some(st)) = os::reap_nohang(children[i].pidfd.as_fd()) {
                 let c = children.swap_remove(i);
@@ -239,28 +294,42 @@ pub(crate) fn serve(boot: OwnedFd, parent_pidfd: OwnedFd) -> ! {
             Ok(x) => x,
         };
         let reply = match crate::task::decode::<ServerRequest>(&buf[..n]) {
-            Ok(ServerRequest::Spawn) if got.len() == 4 => match fork_child(me, &conn, &parent_pidfd, &children, got) {
-                Ok((served, pidfd, status_r)) => {
-                    let reply = ServerReply::Spawned { pid: served.pid };
-                    let body = crate::task::encode(&reply).unwrap_or_default();
-                    let _ = os::send_with_fds(conn.as_fd(), &body, &[pidfd.as_fd(), status_r.as_fd()]);
-                    children.push(served);
-                    continue;
+            Ok(ServerRequest::Spawn) if got.len() == 4 => {
+                match fork_child(me, &conn, &parent_pidfd, &children, got) {
+                    Ok((served, pidfd, status_r)) => {
+                        let reply = ServerReply::Spawned { pid: served.pid };
+                        let body = crate::task::encode(&reply).unwrap_or_default();
+                        let _ = os::send_with_fds(
+                            conn.as_fd(),
+                            &body,
+                            &[pidfd.as_fd(), status_r.as_fd()],
+                        );
+                        children.push(served);
+                        continue;
+                    }
+                    Err(e) => ServerReply::SpawnFailed {
+                        errno: e.raw_os_error().unwrap_or(libc::EIO),
+                    },
                 }
-                Err(e) => ServerReply::SpawnFailed { errno: e.raw_os_error().unwrap_or(libc::EIO) },
+            }
+            Ok(ServerRequest::Spawn) => ServerReply::SpawnFailed {
+                errno: libc::EINVAL,
             },
-            Ok(ServerRequest::Spawn) => ServerReply::SpawnFailed { errno: libc::EINVAL },
             Ok(ServerRequest::SignalGroup { pid, signal }) => {
                 if children.iter().any(|c| c.pid == pid) {
                     match os::signal_group(pid, Signal::from_raw(signal)) {
                         Ok(delivered) => ServerReply::Signalled { delivered },
-                        Err(e) => ServerReply::SignalFailed { errno: e.raw_os_error().unwrap_or(libc::EIO) },
+                        Err(e) => ServerReply::SignalFailed {
+                            errno: e.raw_os_error().unwrap_or(libc::EIO),
+                        },
                     }
                 } else {
                     ServerReply::Signalled { delivered: false }
                 }
             }
-            Err(_) => ServerReply::SignalFailed { errno: libc::EINVAL },
+            Err(_) => ServerReply::SignalFailed {
+                errno: libc::EINVAL,
+            },
         };
         let body = crate::task::encode(&reply).unwrap_or_default();
         if os::send_with_fds(conn.as_fd(), &body, &[]).is_err() {
@@ -291,7 +360,9 @@ fn fork_child(
         None => {
             // In the child: drop the server's state, wire stdio, run.
             let mut got = got.into_iter();
-            let (Some(sock), Some(i), Some(o), Some(e)) = (got.next(), got.next(), got.next(), got.next()) else {
+            let (Some(sock), Some(i), Some(o), Some(e)) =
+                (got.next(), got.next(), got.next(), got.next())
+            else {
                 os::exit_now(3)
             };
             let ok = os::new_process_group().is_ok()
@@ -320,7 +391,15 @@ fn fork_child(
             // Our own unreaped child: the pid is stable until we reap it.
             let pidfd = os::pidfd_open(pid)?;
             let for_parent = os::dup(pidfd.as_fd())?;
-            Ok((Served { pid, pidfd, status: status_w }, for_parent, status_r))
+            Ok((
+                Served {
+                    pid,
+                    pidfd,
+                    status: status_w,
+                },
+                for_parent,
+                status_r,
+            ))
         }
     }
 }

@@ -34,8 +34,21 @@ pub struct Process<T> {
 }
 
 impl<T> Process<T> {
-    pub(crate) fn new(record: Arc<ChildRecord>, stream: UnixStream, reader: FrameReader, grace: Duration) -> Self {
-        Self { record, stream, reader, outcome: None, joined: false, grace, _result: PhantomData }
+    pub(crate) fn new(
+        record: Arc<ChildRecord>,
+        stream: UnixStream,
+        reader: FrameReader,
+        grace: Duration,
+    ) -> Self {
+        Self {
+            record,
+            stream,
+            reader,
+            outcome: None,
+            joined: false,
+            grace,
+            _result: PhantomData,
+        }
     }
 
     /// The child's pid.
@@ -164,7 +177,9 @@ impl<T: DeserializeOwned> Process<T> {
             return Ok(());
         }
         if !self.reader.eof {
-            self.reader.fill(&mut self.stream).map_err(|source| ProcessError::Io { pid, source })?;
+            self.reader
+                .fill(&mut self.stream)
+                .map_err(|source| ProcessError::Io { pid, source })?;
         }
         while let Some(body) = self
             .reader
@@ -189,7 +204,10 @@ impl<T: DeserializeOwned> Process<T> {
             }
             Some(Reply::Panicked(report)) => Err(ProcessError::Panicked { pid, report }),
             Some(Reply::ResultEncode(reason)) => Err(ProcessError::ResultEncode { pid, reason }),
-            Some(other) => Err(ProcessError::Protocol { pid, reason: format!("unexpected message {other:?}") }),
+            Some(other) => Err(ProcessError::Protocol {
+                pid,
+                reason: format!("unexpected message {other:?}"),
+            }),
             None => Err(match status {
                 ExitStatus::Signaled(signal) => ProcessError::Signaled { pid, signal },
                 ExitStatus::Exited(code) => ProcessError::ExitedWithoutResult { pid, code },

@@ -15,5 +15,6 @@ pub use builder::{ProcessBuilder, StartMethod, Stdio, set_start_method, spawn, s
 pub use child::{CurrentProcess, current_process, init};
 pub use children::{ChildInfo, active_children};
 pub use error::{ProcessError, Refusal, StartError};
+pub use forkserver::forkserver_pid;
 pub use handle::Process;
 pub use status::{ExitStatus, ProcessState, Signal};

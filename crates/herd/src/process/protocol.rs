@@ -49,7 +49,10 @@ pub(crate) enum Reply {
 pub(crate) fn frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, String> {
     let body = crate::task::encode(msg)?;
     if body.len() > MAX_FRAME {
-        return Err(format!("message of {} bytes exceeds the {MAX_FRAME}-byte limit", body.len()));
+        return Err(format!(
+            "message of {} bytes exceeds the {MAX_FRAME}-byte limit",
+            body.len()
+        ));
     }
     let mut out = Vec::with_capacity(4 + body.len());
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
@@ -63,7 +66,10 @@ pub(crate) fn read_frame_blocking(stream: &mut UnixStream) -> io::Result<Vec<u8>
     stream.read_exact(&mut len)?;
     let len = u32::from_le_bytes(len) as usize;
     if len > MAX_FRAME {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "frame too large"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "frame too large",
+        ));
     }
     let mut body = vec![0u8; len];
     stream.read_exact(&mut body)?;

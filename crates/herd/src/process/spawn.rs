@@ -60,7 +60,10 @@ pub(crate) fn spawn(exe: &Path, role: Role, stdio: [Stdio; 3]) -> io::Result<Sta
     if let Some(arg0) = std::env::args_os().next() {
         cmd.arg0(arg0);
     }
-    cmd.env(BOOTSTRAP_ENV, format!("{}:{child_sock}:{parent_fd}", role.tag()));
+    cmd.env(
+        BOOTSTRAP_ENV,
+        format!("{}:{child_sock}:{parent_fd}", role.tag()),
+    );
     cmd.process_group(0);
     let [stdin, stdout, stderr] = stdio;
     cmd.stdin(stdin.into_std()?);
@@ -79,7 +82,11 @@ pub(crate) fn spawn(exe: &Path, role: Role, stdio: [Stdio; 3]) -> io::Result<Sta
     drop(theirs);
     // Our own unreaped child: its pid cannot be reused before we reap it.
     let pidfd = os::pidfd_open(child.id())?;
-    Ok(Started { pid: child.id(), pidfd, sock: ours })
+    Ok(Started {
+        pid: child.id(),
+        pidfd,
+        sock: ours,
+    })
 }
 
 /// Parses the bootstrap variable: the role and the two inherited fds.

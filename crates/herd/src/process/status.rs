@@ -121,7 +121,10 @@ impl ProcessState {
 
     /// Whether the process still exists and has not exited.
     pub fn is_alive(self) -> bool {
-        matches!(self, Self::Running | Self::Sleeping | Self::DiskSleep | Self::Stopped)
+        matches!(
+            self,
+            Self::Running | Self::Sleeping | Self::DiskSleep | Self::Stopped
+        )
     }
 }
 

@@ -10,8 +10,8 @@ pub use call::TaskFn;
 pub(crate) use codec::{decode, encode};
 pub use panic::PanicReport;
 pub(crate) use panic::install_panic_hook;
-pub(crate) use registry::{build_id, find_by_name, find_by_type};
 pub use registry::{PreparedTask, RunFailure, TaskEntry};
+pub(crate) use registry::{build_id, find_by_name, find_by_type};
 
 /// Items used by the `#[herd::task]` expansion. Not public API.
 #[doc(hidden)]

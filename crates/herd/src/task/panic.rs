@@ -30,7 +30,9 @@ pub(crate) fn install_panic_hook() {
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            let location = info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+            let location = info
+                .location()
+                .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
             let backtrace = Backtrace::force_capture().to_string();
             LAST.with(|last| *last.borrow_mut() = Some((location, backtrace)));
             previous(info);
@@ -51,7 +53,11 @@ impl PanicReport {
         let (location, backtrace) = LAST
             .with(|last| last.borrow_mut().take())
             .unwrap_or((None, String::new()));
-        Self { message, location, backtrace }
+        Self {
+            message,
+            location,
+            backtrace,
+        }
     }
 }
 

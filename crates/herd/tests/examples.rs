@@ -1,0 +1,190 @@
+//! Runs the seed examples (built by `cargo test` into `target/*/examples/`)
+//! with shortened sleeps and checks what INVENTORY.md says they show: the
+//! order of lines, pid/ppid relations, counts.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test`, which builds the examples",
+        path.display()
+    );
+    path
+}
+
+fn run(name: &str, args: &[&str]) -> Vec<String> {
+    let out = Command::new(example(name))
+        .args(args)
+        .env("HERD_EXAMPLE_SLEEP_MS", "40")
+        .env("HERD_EXAMPLE_ROUNDS", "3")
+        .output()
+        .expect("run example");
+    assert!(
+        out.status.success(),
+        "{name} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn pos(lines: &[String], needle: &str) -> usize {
+    lines
+        .iter()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no line {needle:?} in {lines:#?}"))
+}
+
+fn last_pos(lines: &[String], needle: &str) -> usize {
+    lines
+        .iter()
+        .rposition(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no line {needle:?} in {lines:#?}"))
+}
+
+fn field(line: &str, key: &str) -> u32 {
+    let start = line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len();
+    line[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .expect("number")
+}
+
+#[test]
+fn s2_child_and_parent_both_run() {
+    let lines = run("s2_child_loop", &[]);
+    let main_pid = field(&lines[0], "pid=");
+    let child_lines: Vec<_> = lines
+        .iter()
+        .filter(|l| l.starts_with("child process running"))
+        .collect();
+    assert!(!child_lines.is_empty(), "{lines:#?}");
+    for l in &child_lines {
+        assert_eq!(
+            field(l, "ppid="),
+            main_pid,
+            "the child's ppid is the parent's pid"
+        );
+        assert_ne!(field(l, "pid="), main_pid);
+    }
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("main process running"))
+            .count(),
+        3
+    );
+    assert_eq!(lines.last().map(String::as_str), Some("main process ends."));
+}
+
+#[test]
+fn s3_no_join_waits_for_children_at_exit() {
+    let lines = run("s3_join_order", &["none"]);
+    pos(&lines, "main process ends.");
+    pos(&lines, "child process 1 ends.");
+    pos(&lines, "child process 2 ends.");
+    assert_eq!(
+        lines.iter().filter(|l| l.contains("running")).count(),
+        9,
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn s3_join_first_runs_child_one_alone() {
+    let lines = run("s3_join_order", &["first"]);
+    let one_ends = pos(&lines, "child process 1 ends.");
+    assert!(one_ends < pos(&lines, "child process 2 running"));
+    assert!(one_ends < pos(&lines, "main process running"));
+}
+
+#[test]
+fn s3_join_second_runs_children_then_parent() {
+    let lines = run("s3_join_order", &["second"]);
+    let two_ends = pos(&lines, "child process 2 ends.");
+    assert!(two_ends < pos(&lines, "main process running"));
+}
+
+#[test]
+fn s3_join_both_runs_one_then_two_then_parent() {
+    let lines = run("s3_join_order", &["both"]);
+    assert!(last_pos(&lines, "child process 1") < pos(&lines, "child process 2"));
+    assert!(last_pos(&lines, "child process 2") < pos(&lines, "main process running"));
+}
+
+#[test]
+fn s3_join_timeout_returns_while_child_runs() {
+    let lines = run("s3_join_order", &["timeout"]);
+    let timed_out = pos(&lines, "still running after join_timeout");
+    assert!(timed_out < pos(&lines, "child process 1 ends."));
+}
+
+#[test]
+fn s4_globals_are_not_shared() {
+    let lines = run("s4_globals", &[]);
+    assert_eq!(
+        lines.first().map(String::as_str),
+        Some("parent: COUNTER = 100")
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("child A changed its COUNTER by 1: it is now 101")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("child B changed its COUNTER by 10: it is now 110")),
+        "{lines:#?}"
+    );
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("parent: COUNTER = 100 (child A saw 101, child B saw 110)")
+    );
+}
+
+#[test]
+fn s11_ten_processes_each_print_their_number() {
+    let lines = run("s11_ten_processes", &[]);
+    let mut got: Vec<u32> = lines
+        .iter()
+        .map(|l| l.trim().parse().expect("a number"))
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, (0..10).collect::<Vec<_>>());
+}
+
+#[test]
+fn tour_runs() {
+    let lines = run("tour", &[]);
+    assert!(
+        lines.iter().any(|l| l.contains("fib(30) = 832040")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("after SIGSTOP: stopped")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("not yet joined: zombie")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("killed by SIGKILL")),
+        "{lines:#?}"
+    );
+}
