@@ -1,1 +1,51 @@
-fn main() {}
+//! herd-bench: herd against its peers, in one invocation.
+//!
+//! `cargo run --release -p herd-bench -- <suite> [--quick]` prints one JSON
+//! object per line:
+//! `{"suite":"spawn","case":"trivial","impl":"herd-forkserver","metric":"median_us","value":412.0,"unit":"us"}`.
+//! Suites: `spawn`. `--quick` keeps each suite under 30 seconds.
+
+mod report;
+mod spawn;
+
+use std::process::ExitCode;
+
+const SUITES: &[&str] = &["spawn"];
+
+fn main() -> ExitCode {
+    // Both are no-ops in the benchmark itself; in a child they run its task.
+    herd::init();
+    procspawn::init();
+    let mut suite = None;
+    let mut quick = false;
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "-h" | "--help" => {
+                eprintln!("usage: herd-bench <{}|all> [--quick]", SUITES.join("|"));
+                return ExitCode::SUCCESS;
+            }
+            s if suite.is_none() => suite = Some(s.to_owned()),
+            other => {
+                eprintln!("herd-bench: unexpected argument {other:?}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let Some(suite) = suite else {
+        eprintln!("usage: herd-bench <{}|all> [--quick]", SUITES.join("|"));
+        return ExitCode::from(2);
+    };
+    match suite.as_str() {
+        "spawn" => spawn::run(quick),
+        "all" => spawn::run(quick),
+        other => {
+            eprintln!(
+                "herd-bench: unknown suite {other:?}; known: {}",
+                SUITES.join(", ")
+            );
+            return ExitCode::from(2);
+        }
+    }
+    ExitCode::SUCCESS
+}

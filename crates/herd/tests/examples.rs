@@ -5,6 +5,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+mod support;
+
 fn example(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let dir = exe
@@ -21,22 +23,13 @@ fn example(name: &str) -> PathBuf {
 }
 
 fn run(name: &str, args: &[&str]) -> Vec<String> {
-    let out = Command::new(example(name))
-        .args(args)
+    let mut cmd = Command::new(example(name));
+    cmd.args(args)
         .env("HERD_EXAMPLE_SLEEP_MS", "40")
-        .env("HERD_EXAMPLE_ROUNDS", "3")
-        .output()
-        .expect("run example");
-    assert!(
-        out.status.success(),
-        "{name} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .lines()
-        .map(str::to_owned)
-        .collect()
+        .env("HERD_EXAMPLE_ROUNDS", "3");
+    let (status, out) = support::run_guarded(cmd).expect("run example");
+    assert!(status.success(), "{name} {args:?} failed: {status:?}");
+    out.lines().map(str::to_owned).collect()
 }
 
 fn pos(lines: &[String], needle: &str) -> usize {

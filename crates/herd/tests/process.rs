@@ -8,7 +8,7 @@
 //! (a pidfd, a pipe, a join) with a generous deadline as a failure guard.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::process::{Command, Stdio as StdStdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -17,10 +17,10 @@ use herd::{
     ExitStatus, Process, ProcessError, ProcessState, Refusal, Signal, StartError, StartMethod,
 };
 use libtest_mimic::{Arguments, Failed, Trial};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use support::{GUARD, pidfd_of, wait_fd};
 
-/// A failure guard for every wait: generous, because CI machines are slow.
-const GUARD: Duration = Duration::from_secs(30);
+mod support;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 // ---------------------------------------------------------------- tasks
 
@@ -179,25 +179,17 @@ fn check(cond: bool, what: impl Into<String>) -> Result<(), Failed> {
     }
 }
 
-/// Waits until `fd` is readable (a pidfd: the process exited).
-fn wait_fd(fd: std::os::fd::BorrowedFd<'_>, limit: Duration) -> bool {
+/// Whether `fd` is readable right now.
+fn wait_fd_now(fd: std::os::fd::BorrowedFd<'_>) -> bool {
     let mut pfd = [rustix::event::PollFd::new(
         &fd,
         rustix::event::PollFlags::IN,
     )];
     let ts = rustix::event::Timespec {
-        tv_sec: limit.as_secs() as i64,
+        tv_sec: 0,
         tv_nsec: 0,
     };
     matches!(rustix::event::poll(&mut pfd, Some(&ts)), Ok(n) if n > 0)
-}
-
-fn pidfd_of(pid: u32) -> Option<OwnedFd> {
-    rustix::process::pidfd_open(
-        rustix::process::Pid::from_raw(pid as i32)?,
-        rustix::process::PidfdFlags::empty(),
-    )
-    .ok()
 }
 
 /// Polls `f` until it returns true, yielding the CPU (no sleep), up to `limit`.
@@ -214,8 +206,38 @@ fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 fn helper(role: &str) -> Command {
     let mut c = Command::new(std::env::current_exe().expect("current_exe"));
-    c.env("HERD_TEST_ROLE", role);
+    c.env("HERD_TEST_ROLE", role)
+        .stdin(StdStdio::piped())
+        .stdout(StdStdio::piped());
     c
+}
+
+fn run_helper(role: &str) -> Result<(std::process::ExitStatus, String), Failed> {
+    Ok(support::run_guarded(helper(role))?)
+}
+
+/// Reads `n` lines from a helper within the guard, on a thread.
+fn read_lines(stdout: std::process::ChildStdout, n: usize) -> Result<Vec<String>, Failed> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().take(n) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + GUARD;
+    let mut lines = Vec::new();
+    for _ in 0..n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => lines.push(line?),
+            Err(_) => {
+                return Err(format!("helper gave {} of {n} lines: {lines:?}", lines.len()).into());
+            }
+        }
+    }
+    Ok(lines)
 }
 
 // ---------------------------------------------------------------- tests
@@ -563,7 +585,10 @@ fn stdout_redirected() -> Result<(), Failed> {
 }
 
 fn active_children_lists_live_ones() -> Result<(), Failed> {
-    let mut p = Process::builder(block_forever, ()).name("listed").start()?;
+    let mut p = Process::builder(block_forever, ())
+        .name("listed")
+        .daemon(true)
+        .start()?;
     let listed = herd::active_children();
     check(
         listed
@@ -581,12 +606,9 @@ fn active_children_lists_live_ones() -> Result<(), Failed> {
 /// Runs in a helper process: killing the forkserver under the other tests
 /// would kill their children too.
 fn forkserver_killed_is_replaced() -> Result<(), Failed> {
-    let out = helper("forkserver-restart")
-        .stderr(StdStdio::inherit())
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (status, text) = run_helper("forkserver-restart")?;
     check(
-        out.status.success() && text.contains("replaced"),
+        status.success() && text.contains("replaced"),
         format!("helper said {text:?}"),
     )
 }
@@ -611,8 +633,7 @@ fn forkserver_restart() -> Result<(), Failed> {
 }
 
 fn not_initialized_is_an_error() -> Result<(), Failed> {
-    let out = helper("no-init").output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (_, text) = run_helper("no-init")?;
     check(
         text.contains("NotInitialized"),
         format!("helper said {text:?}"),
@@ -622,16 +643,26 @@ fn not_initialized_is_an_error() -> Result<(), Failed> {
 /// The parent is SIGKILLed: every child (both methods, and a nested one)
 /// is gone within a second.
 fn parent_sigkill_ends_children() -> Result<(), Failed> {
-    let mut parent = helper("orphan-maker")
-        .stdout(StdStdio::piped())
-        .stdin(StdStdio::piped())
-        .spawn()?;
-    let mut lines = BufReader::new(parent.stdout.take().ok_or("stdout")?).lines();
+    let mut parent = helper("orphan-maker").spawn()?;
+    let lines = read_lines(parent.stdout.take().ok_or("stdout")?, 5);
+    let lines = match lines {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = parent.kill();
+            let _ = parent.wait();
+            return Err(e);
+        }
+    };
     let mut fds = Vec::new();
-    for _ in 0..4 {
-        let line = lines.next().ok_or("helper ended early")??;
+    for line in lines {
         let pid: u32 = line.trim().parse()?;
         fds.push((pid, pidfd_of(pid).ok_or("pidfd of a child")?));
+    }
+    for (pid, fd) in &fds {
+        check(
+            !wait_fd_now(fd.as_fd()),
+            format!("child {pid} died before its parent"),
+        )?;
     }
     let killed = Instant::now();
     parent.kill()?;
@@ -651,14 +682,8 @@ fn parent_sigkill_ends_children() -> Result<(), Failed> {
 
 /// At normal exit, daemon children are terminated and others waited for.
 fn exit_terminates_daemons_and_waits_for_others() -> Result<(), Failed> {
-    let out = helper("exit-with-children")
-        .stderr(StdStdio::inherit())
-        .output()?;
-    check(
-        out.status.success(),
-        format!("helper status {:?}", out.status),
-    )?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (status, text) = run_helper("exit-with-children")?;
+    check(status.success(), format!("helper status {status:?}"))?;
     let mut lines = text.lines();
     let daemon: u32 = lines.next().ok_or("daemon pid")?.parse()?;
     check(
@@ -696,15 +721,26 @@ fn role(name: &str) -> ! {
             BufReader::new(r)
                 .read_line(&mut grandchild)
                 .expect("grandchild pid");
-            writeln!(
-                out.lock(),
-                "{}\n{}\n{}\n{}",
+            // Started from a thread that then exits: the child must outlive
+            // the thread (no parent-death signal tied to it), not the process.
+            let d = std::thread::spawn(|| {
+                Process::builder(block_forever, ())
+                    .start_method(StartMethod::Spawn)
+                    .start()
+                    .expect("d")
+            })
+            .join()
+            .expect("thread");
+            let pids = [
                 a.pid(),
                 b.pid(),
                 c.pid(),
-                grandchild.trim()
-            )
-            .expect("write");
+                grandchild.trim().parse().expect("pid"),
+                d.pid(),
+            ];
+            for pid in pids {
+                writeln!(out.lock(), "{pid}").expect("write");
+            }
             out.lock().flush().expect("flush");
             // Block until killed.
             let mut sink = String::new();

@@ -310,6 +310,11 @@ pub(crate) fn kill_on_parent_death() -> io::Result<()> {
     Ok(())
 }
 
+/// Whether the calling thread is the process's main thread.
+pub(crate) fn on_main_thread() -> bool {
+    rustix::thread::gettid() == rustix::process::getpid()
+}
+
 /// The parent's pid, if any.
 pub(crate) fn getppid() -> u32 {
     rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u32)
@@ -423,4 +428,128 @@ pub(crate) mod signals {
     pub(crate) const CONT: i32 = libc::SIGCONT;
     pub(crate) const SEGV: i32 = libc::SIGSEGV;
     pub(crate) const ABRT: i32 = libc::SIGABRT;
+}
+
+/// What [`spawn_program`] gives a child for each standard stream.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum StreamFd<'a> {
+    /// Keep the parent's stream.
+    Inherit,
+    /// Make this fd the stream.
+    Use(BorrowedFd<'a>),
+}
+
+/// Starts `exe` with `posix_spawn` (a `vfork`-style clone: no copy of the
+/// parent's page tables, so its cost does not grow with the parent's
+/// memory), in a new process group, with `env` added to this process's
+/// environment, the three streams wired, and the `keep` fds inherited.
+pub(crate) fn spawn_program(
+    exe: &std::path::Path,
+    argv0: &std::ffi::OsStr,
+    env: (&str, &str),
+    streams: [StreamFd<'_>; 3],
+    keep: &[BorrowedFd<'_>],
+) -> io::Result<u32> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+
+    let cstr = |b: &[u8]| {
+        CString::new(b).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, "nul byte in a spawn argument")
+        })
+    };
+    let path = cstr(exe.as_os_str().as_bytes())?;
+    let arg0 = cstr(argv0.as_bytes())?;
+    let mut envs: Vec<CString> = Vec::new();
+    for (k, v) in std::env::vars_os() {
+        if k.as_bytes() == env.0.as_bytes() {
+            continue;
+        }
+        let mut kv = k.as_bytes().to_vec();
+        kv.push(b'=');
+        kv.extend_from_slice(v.as_bytes());
+        if let Ok(c) = CString::new(kv) {
+            envs.push(c);
+        }
+    }
+    envs.push(cstr(format!("{}={}", env.0, env.1).as_bytes())?);
+    let argv: [*mut libc::c_char; 2] = [arg0.as_ptr().cast_mut(), std::ptr::null_mut()];
+    let mut envp: Vec<*mut libc::c_char> = envs.iter().map(|c| c.as_ptr().cast_mut()).collect();
+    envp.push(std::ptr::null_mut());
+
+    let check = |rc: libc::c_int| {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(rc))
+        }
+    };
+    let mut actions = MaybeUninit::<libc::posix_spawn_file_actions_t>::uninit();
+    let mut attr = MaybeUninit::<libc::posix_spawnattr_t>::uninit();
+    // SAFETY: init functions fill the out-pointers; on success they are
+    // destroyed exactly once below.
+    unsafe {
+        check(libc::posix_spawn_file_actions_init(actions.as_mut_ptr()))?;
+        if let Err(e) = check(libc::posix_spawnattr_init(attr.as_mut_ptr())) {
+            libc::posix_spawn_file_actions_destroy(actions.as_mut_ptr());
+            return Err(e);
+        }
+    }
+    let result = (|| -> io::Result<u32> {
+        let actions = actions.as_mut_ptr();
+        let attr = attr.as_mut_ptr();
+        // SAFETY: `actions` and `attr` were initialised above; every fd
+        // passed is open for the duration of the call; `path`, `argv` and
+        // `envp` are nul-terminated and outlive `posix_spawn`.
+        unsafe {
+            for (target, stream) in streams.iter().enumerate() {
+                if let StreamFd::Use(fd) = stream {
+                    check(libc::posix_spawn_file_actions_adddup2(
+                        actions,
+                        fd.as_raw_fd(),
+                        target as i32,
+                    ))?;
+                }
+            }
+            // dup2 of an fd onto itself clears close-on-exec (glibc >= 2.29).
+            for fd in keep {
+                check(libc::posix_spawn_file_actions_adddup2(
+                    actions,
+                    fd.as_raw_fd(),
+                    fd.as_raw_fd(),
+                ))?;
+            }
+            let mut empty = MaybeUninit::<libc::sigset_t>::uninit();
+            libc::sigemptyset(empty.as_mut_ptr());
+            let mut pipe_only = MaybeUninit::<libc::sigset_t>::uninit();
+            libc::sigemptyset(pipe_only.as_mut_ptr());
+            libc::sigaddset(pipe_only.as_mut_ptr(), libc::SIGPIPE);
+            check(libc::posix_spawnattr_setsigmask(attr, empty.as_ptr()))?;
+            check(libc::posix_spawnattr_setsigdefault(
+                attr,
+                pipe_only.as_ptr(),
+            ))?;
+            check(libc::posix_spawnattr_setpgroup(attr, 0))?;
+            let flags = libc::POSIX_SPAWN_SETPGROUP
+                | libc::POSIX_SPAWN_SETSIGMASK
+                | libc::POSIX_SPAWN_SETSIGDEF;
+            check(libc::posix_spawnattr_setflags(attr, flags as libc::c_short))?;
+            let mut pid: libc::pid_t = 0;
+            check(libc::posix_spawn(
+                &mut pid,
+                path.as_ptr(),
+                actions,
+                attr,
+                argv.as_ptr(),
+                envp.as_ptr(),
+            ))?;
+            Ok(pid as u32)
+        }
+    })();
+    // SAFETY: both were initialised above and are destroyed once.
+    unsafe {
+        libc::posix_spawn_file_actions_destroy(actions.as_mut_ptr());
+        libc::posix_spawnattr_destroy(attr.as_mut_ptr());
+    }
+    result
 }

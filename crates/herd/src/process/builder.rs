@@ -6,8 +6,8 @@ use std::marker::PhantomData;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -88,31 +88,37 @@ impl Stdio {
         Self::Null
     }
 
-    pub(crate) fn into_std(self) -> io::Result<std::process::Stdio> {
+    /// How a spawned program gets stream `which` (0, 1 or 2).
+    pub(crate) fn stream_fd(&self, which: i32) -> io::Result<os::StreamFd<'_>> {
         Ok(match self {
-            Self::Inherit => std::process::Stdio::inherit(),
-            Self::Null => std::process::Stdio::null(),
-            Self::Fd(fd) => std::process::Stdio::from(fd),
+            Self::Inherit => os::StreamFd::Inherit,
+            _ => os::StreamFd::Use(self.as_fd_for(which)?),
         })
     }
 
-    /// An fd to give a forkserver child as stream `which` (0, 1 or 2).
-    pub(crate) fn to_fd(&self, which: i32) -> io::Result<OwnedFd> {
+    /// The fd a forkserver child gets as stream `which` (0, 1 or 2).
+    pub(crate) fn as_fd_for(&self, which: i32) -> io::Result<BorrowedFd<'_>> {
         match self {
-            Self::Inherit => {
-                // SAFETY: the standard streams stay open for the process's
-                // life; the borrow only lasts for the dup.
-                let fd = unsafe { BorrowedFd::borrow_raw(which) };
-                os::dup(fd)
-            }
-            Self::Null => Ok(std::fs::OpenOptions::new()
-                .read(which == 0)
-                .write(which != 0)
-                .open("/dev/null")?
-                .into()),
-            Self::Fd(fd) => os::dup(fd.as_fd()),
+            // SAFETY: the standard streams stay open for the process's life.
+            Self::Inherit => Ok(unsafe { BorrowedFd::borrow_raw(which) }),
+            Self::Null => dev_null(),
+            Self::Fd(fd) => Ok(fd.as_fd()),
         }
     }
+}
+
+/// `/dev/null`, opened once for reading and writing.
+fn dev_null() -> io::Result<BorrowedFd<'static>> {
+    static NULL: OnceLock<OwnedFd> = OnceLock::new();
+    if let Some(fd) = NULL.get() {
+        return Ok(fd.as_fd());
+    }
+    let f: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?
+        .into();
+    Ok(NULL.get_or_init(|| f).as_fd())
 }
 
 impl From<OwnedFd> for Stdio {
@@ -328,14 +334,16 @@ impl<R: DeserializeOwned> ProcessBuilder<R> {
         } else {
             self.method.unwrap_or_else(start_method)
         };
-        let (pid, link, sock) = match method {
+        let (pid, link, mut stream, written) = match method {
             StartMethod::Spawn => {
                 let exe = self.executable.unwrap_or_else(os::self_exe);
-                let s = spawn::spawn(&exe, Role::Child, self.stdio).map_err(StartError::Spawn)?;
-                (s.pid, Link::Direct { pidfd: s.pidfd }, s.sock)
+                let (s, written) = spawn::spawn(&exe, Role::Child, &self.stdio, &frame)
+                    .map_err(StartError::Spawn)?;
+                (s.pid, Link::Direct { pidfd: s.pidfd }, s.sock, written)
             }
             StartMethod::ForkServer => {
-                let s = forkserver::spawn_child(self.stdio).map_err(StartError::ForkServer)?;
+                let (s, written) =
+                    forkserver::spawn_child(&self.stdio, &frame).map_err(StartError::ForkServer)?;
                 (
                     s.pid,
                     Link::Served {
@@ -344,17 +352,18 @@ impl<R: DeserializeOwned> ProcessBuilder<R> {
                         server: s.server,
                     },
                     s.sock,
+                    written,
                 )
             }
         };
+        drop(self.stdio);
         let record = Arc::new(ChildRecord::new(pid, name, self.daemon, link));
-        let mut stream = UnixStream::from(sock);
         let mut reader = FrameReader::default();
         match bootstrap(
             &record,
             &mut stream,
             &mut reader,
-            &frame,
+            &frame[written..],
             self.bootstrap_timeout,
         ) {
             Ok(()) => {
@@ -380,7 +389,6 @@ fn bootstrap(
     let pid = record.pid;
     let io_err = |source: io::Error| StartError::Bootstrap { pid, source };
     let deadline = Instant::now() + timeout;
-    stream.set_nonblocking(true).map_err(io_err)?;
     let timed_out = StartError::BootstrapTimeout { pid, timeout };
     match protocol::write_all_deadline(stream, frame, deadline) {
         Ok(true) => {}

@@ -66,7 +66,7 @@ pub fn init() {
     // starts any thread, so no other thread reads the environment now. The
     // variable must not leak into this child's own children.
     unsafe { std::env::remove_var(BOOTSTRAP_ENV) };
-    let Some((role, sock, parent)) = value.to_str().and_then(spawn::parse_env) else {
+    let Some((role, sock, parent, pdeathsig)) = value.to_str().and_then(spawn::parse_env) else {
         eprintln!("herd: malformed {BOOTSTRAP_ENV} variable; exiting");
         std::process::exit(3);
     };
@@ -78,7 +78,22 @@ pub fn init() {
         std::process::exit(3);
     };
     match role {
-        Role::Child => child_main(sock, parent),
+        Role::Child if pdeathsig => {
+            // The parent started us from its main thread, which lives as long
+            // as the parent: the kernel's parent-death signal is exact, and
+            // cheaper than a watchdog thread. Armed, then checked, so a parent
+            // that died before the arming is noticed too.
+            let armed = os::kill_on_parent_death().is_ok()
+                && os::wait_readable(&[parent.as_fd()], Some(std::time::Instant::now()))
+                    .is_ok_and(|r| !r[0]);
+            if armed {
+                drop(parent);
+                child_main(sock, None)
+            } else {
+                child_main(sock, Some(parent))
+            }
+        }
+        Role::Child => child_main(sock, Some(parent)),
         Role::ForkServer => super::forkserver::serve(sock, parent),
     }
 }
@@ -104,9 +119,18 @@ pub(crate) fn next_child_identity() -> (Vec<u32>, String) {
 }
 
 /// Runs one task for the parent on `sock`, then exits. Never returns.
-pub(crate) fn child_main(sock: OwnedFd, parent: OwnedFd) -> ! {
+///
+/// `watch` is the parent's pidfd, for a watchdog thread; `None` when the
+/// kernel already guarantees our death with the parent: a forkserver child
+/// (its single-threaded forkserver forked it, so `PR_SET_PDEATHSIG` is
+/// exact, and the forkserver kills its children's groups when the parent
+/// dies), or a child spawned from the parent's main thread. Skipping the
+/// thread saves its start-up and tear-down on every child.
+pub(crate) fn child_main(sock: OwnedFd, watch: Option<OwnedFd>) -> ! {
     task::install_panic_hook();
-    start_watchdog(parent);
+    if let Some(parent) = watch {
+        start_watchdog(parent);
+    }
     let mut stream = UnixStream::from(sock);
     let Ok(body) = protocol::read_frame_blocking(&mut stream) else {
         // The parent went away during the bootstrap.

@@ -19,6 +19,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
@@ -75,29 +76,35 @@ pub(crate) struct ServedChild {
     pub(crate) pid: u32,
     pub(crate) pidfd: OwnedFd,
     pub(crate) status: OwnedFd,
-    pub(crate) sock: OwnedFd,
+    pub(crate) sock: UnixStream,
     pub(crate) server: Arc<ForkServer>,
 }
 
 /// Starts a child through the forkserver (starting the server if needed).
-pub(crate) fn spawn_child(stdio: [Stdio; 3]) -> io::Result<ServedChild> {
+/// `first` is written to our end of the socket before the fork, as far as
+/// the socket buffer takes it; returns the child and the bytes written.
+pub(crate) fn spawn_child(stdio: &[Stdio; 3], first: &[u8]) -> io::Result<(ServedChild, usize)> {
     let fds = [
-        stdio_fd(&stdio[0], 0)?,
-        stdio_fd(&stdio[1], 1)?,
-        stdio_fd(&stdio[2], 2)?,
+        stdio[0].as_fd_for(0)?,
+        stdio[1].as_fd_for(1)?,
+        stdio[2].as_fd_for(2)?,
     ];
     let (ours, theirs) = os::stream_pair()?;
+    let mut ours = UnixStream::from(ours);
+    ours.set_nonblocking(true)?;
+    let written = super::protocol::write_some(&mut ours, first)?;
     for attempt in 0..2 {
         let server = current_server()?;
         match server.request_spawn(&theirs, &fds) {
             Ok((pid, pidfd, status)) => {
-                return Ok(ServedChild {
+                let child = ServedChild {
                     pid,
                     pidfd,
                     status,
                     sock: ours,
                     server,
-                });
+                };
+                return Ok((child, written));
             }
             Err(e) if attempt == 0 && is_dead_server(&e) => {
                 // The forkserver died (killed from outside?): start a new one.
@@ -119,20 +126,16 @@ fn is_dead_server(e: &io::Error) -> bool {
     )
 }
 
-/// The fd a child should get for one standard stream.
-fn stdio_fd(s: &Stdio, which: i32) -> io::Result<OwnedFd> {
-    s.to_fd(which)
-}
-
 fn current_server() -> io::Result<Arc<ForkServer>> {
     let mut slot = lock(&SERVER);
     if let Some(s) = slot.as_ref() {
         return Ok(Arc::clone(s));
     }
-    let started = spawn::spawn(
+    let (started, _) = spawn::spawn(
         &os::self_exe(),
         Role::ForkServer,
-        [Stdio::Null, Stdio::Inherit, Stdio::Inherit],
+        &[Stdio::Null, Stdio::Inherit, Stdio::Inherit],
+        &[],
     )?;
     // The server only speaks SEQPACKET; the stream pair from `spawn` carries
     // one message: the server's end of a fresh SEQPACKET pair.
@@ -169,14 +172,9 @@ impl ForkServer {
     fn request_spawn(
         &self,
         sock: &OwnedFd,
-        stdio: &[OwnedFd; 3],
+        stdio: &[BorrowedFd<'_>; 3],
     ) -> io::Result<(u32, OwnedFd, OwnedFd)> {
-        let fds = [
-            sock.as_fd(),
-            stdio[0].as_fd(),
-            stdio[1].as_fd(),
-            stdio[2].as_fd(),
-        ];
+        let fds = [sock.as_fd(), stdio[0], stdio[1], stdio[2]];
         let (reply, got) = self.call(&ServerRequest::Spawn, &fds)?;
         match reply {
             ServerReply::Spawned { pid } => {
@@ -260,6 +258,9 @@ pub(crate) fn serve(boot: OwnedFd, parent_pidfd: OwnedFd) -> ! {
         _ => os::exit_now(3),
     };
     drop(boot);
+    // Work every child would repeat, done once before any fork.
+    crate::task::install_panic_hook();
+    let _ = crate::task::build_id();
     let me = std::process::id();
     let mut children: Vec<Served> = Vec::new();
     let mut buf = vec![0u8; 4096];
@@ -374,17 +375,12 @@ fn fork_child(
             if !ok {
                 os::exit_now(3);
             }
-            let keep = [sock.as_raw_fd(), parent_pidfd.as_raw_fd()];
-            let _ = (conn, children, status_r, status_w);
-            os::close_fds_except(3, &keep);
+            let _ = (conn, children, parent_pidfd, status_r, status_w);
+            os::close_fds_except(3, &[sock.as_raw_fd()]);
             // Everything else was closed above; forget the owners so their
             // destructors do not close numbers now reused.
             std::mem::forget((i, o, e));
-            // SAFETY: both fds were kept open by `close_fds_except` and are
-            // owned by nothing else in this fresh child.
-            let parent = unsafe { os::adopt_inherited(parent_pidfd.as_raw_fd()) };
-            let Ok(parent) = parent else { os::exit_now(3) };
-            super::child::child_main(sock, parent)
+            super::child::child_main(sock, None)
         }
         Some(pid) => {
             drop(got);

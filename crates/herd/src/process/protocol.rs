@@ -99,6 +99,21 @@ pub(crate) fn write_all_deadline(
     Ok(true)
 }
 
+/// Writes what a non-blocking stream takes now; returns the byte count.
+pub(crate) fn write_some(stream: &mut UnixStream, bytes: &[u8]) -> io::Result<usize> {
+    let mut done = 0;
+    while done < bytes.len() {
+        match stream.write(&bytes[done..]) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
 /// Incremental reader of frames from a non-blocking stream.
 #[derive(Debug, Default)]
 pub(crate) struct FrameReader {

@@ -3,13 +3,13 @@
 //! environment variable that `herd::init()` reads.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::Command;
 use std::sync::OnceLock;
 
 use super::builder::Stdio;
+use super::protocol;
 use crate::os;
 
 /// The environment variable that tells `herd::init()` it runs in a child.
@@ -47,50 +47,64 @@ pub(crate) fn self_pidfd() -> io::Result<&'static OwnedFd> {
 pub(crate) struct Started {
     pub(crate) pid: u32,
     pub(crate) pidfd: OwnedFd,
-    pub(crate) sock: OwnedFd,
+    pub(crate) sock: UnixStream,
 }
 
-/// Re-executes `exe` as a herd child (or forkserver) in its own process group.
-pub(crate) fn spawn(exe: &Path, role: Role, stdio: [Stdio; 3]) -> io::Result<Started> {
+/// Re-executes `exe` as a herd child (or forkserver) in its own process
+/// group. `first` is written to the parent's end of the socket before the
+/// child starts (as much as the socket buffer takes), so the child finds its
+/// request waiting; returns how many bytes of it were written.
+pub(crate) fn spawn(
+    exe: &Path,
+    role: Role,
+    stdio: &[Stdio; 3],
+    first: &[u8],
+) -> io::Result<(Started, usize)> {
     let parent_pidfd = self_pidfd()?;
     let (ours, theirs) = os::stream_pair()?;
-    let child_sock = theirs.as_raw_fd();
-    let parent_fd = parent_pidfd.as_raw_fd();
-    let mut cmd = Command::new(exe);
-    if let Some(arg0) = std::env::args_os().next() {
-        cmd.arg0(arg0);
-    }
-    cmd.env(
-        BOOTSTRAP_ENV,
-        format!("{}:{child_sock}:{parent_fd}", role.tag()),
+    let mut ours = UnixStream::from(ours);
+    ours.set_nonblocking(true)?;
+    let written = protocol::write_some(&mut ours, first)?;
+    // From the main thread, the child may rely on PR_SET_PDEATHSIG, which
+    // fires when the *thread* that started it exits; from another thread it
+    // must watch our pidfd instead.
+    let pdeathsig = u8::from(os::on_main_thread());
+    let value = format!(
+        "{}:{}:{}:{pdeathsig}",
+        role.tag(),
+        theirs.as_raw_fd(),
+        parent_pidfd.as_raw_fd()
     );
-    cmd.process_group(0);
-    let [stdin, stdout, stderr] = stdio;
-    cmd.stdin(stdin.into_std()?);
-    cmd.stdout(stdout.into_std()?);
-    cmd.stderr(stderr.into_std()?);
-    // SAFETY: the closure runs between fork and exec and only makes
-    // async-signal-safe raw fcntl calls on fds that are open in the child.
-    unsafe {
-        cmd.pre_exec(move || {
-            os::clear_cloexec_raw(child_sock)?;
-            os::clear_cloexec_raw(parent_fd)?;
-            Ok(())
-        });
+    let mut streams = [os::StreamFd::Inherit; 3];
+    for (i, s) in stdio.iter().enumerate() {
+        streams[i] = s.stream_fd(i as i32)?;
     }
-    let child = cmd.spawn()?;
+    let argv0 = std::env::args_os()
+        .next()
+        .unwrap_or_else(|| exe.as_os_str().to_owned());
+    let pid = os::spawn_program(
+        exe,
+        &argv0,
+        (BOOTSTRAP_ENV, &value),
+        streams,
+        &[theirs.as_fd(), parent_pidfd.as_fd()],
+    )?;
     drop(theirs);
     // Our own unreaped child: its pid cannot be reused before we reap it.
-    let pidfd = os::pidfd_open(child.id())?;
-    Ok(Started {
-        pid: child.id(),
-        pidfd,
-        sock: ours,
-    })
+    let pidfd = os::pidfd_open(pid)?;
+    Ok((
+        Started {
+            pid,
+            pidfd,
+            sock: ours,
+        },
+        written,
+    ))
 }
 
-/// Parses the bootstrap variable: the role and the two inherited fds.
-pub(crate) fn parse_env(value: &str) -> Option<(Role, i32, i32)> {
+/// Parses the bootstrap variable: the role, the two inherited fds, and
+/// whether the parent-death signal may be used.
+pub(crate) fn parse_env(value: &str) -> Option<(Role, i32, i32, bool)> {
     let mut parts = value.split(':');
     let role = match parts.next()? {
         "child" => Role::Child,
@@ -99,8 +113,9 @@ pub(crate) fn parse_env(value: &str) -> Option<(Role, i32, i32)> {
     };
     let sock = parts.next()?.parse().ok()?;
     let parent = parts.next()?.parse().ok()?;
+    let pdeathsig = parts.next()? == "1";
     if parts.next().is_some() {
         return None;
     }
-    Some((role, sock, parent))
+    Some((role, sock, parent, pdeathsig))
 }

@@ -1,0 +1,61 @@
+//! Shared by the integration tests: waits that are guarded, never slept.
+
+use std::io::Read;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+/// A failure guard for every wait: generous, because CI machines are slow.
+pub(crate) const GUARD: Duration = Duration::from_secs(30);
+
+/// Waits until `fd` is readable (for a pidfd: the process exited), up to `limit`.
+pub(crate) fn wait_fd(fd: BorrowedFd<'_>, limit: Duration) -> bool {
+    let mut pfd = [rustix::event::PollFd::new(
+        &fd,
+        rustix::event::PollFlags::IN,
+    )];
+    let ts = rustix::event::Timespec {
+        tv_sec: limit.as_secs() as i64,
+        tv_nsec: i64::from(limit.subsec_nanos()),
+    };
+    loop {
+        match rustix::event::poll(&mut pfd, Some(&ts)) {
+            Ok(n) => return n > 0,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// A pidfd for `pid` (which must be alive, or the answer may be stale).
+pub(crate) fn pidfd_of(pid: u32) -> Option<OwnedFd> {
+    rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(pid as i32)?,
+        rustix::process::PidfdFlags::empty(),
+    )
+    .ok()
+}
+
+/// Runs `cmd` to completion with its stdout captured, killing it if it
+/// outlives the guard.
+pub(crate) fn run_guarded(mut cmd: Command) -> Result<(ExitStatus, String), String> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let mut stdout = child.stdout.take().ok_or("no stdout")?;
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let fd = pidfd_of(child.id()).ok_or("no pidfd")?;
+    if !wait_fd(fd.as_fd(), GUARD) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!("{cmd:?} hung"));
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    let out = reader.join().map_err(|_| "reader thread panicked")?;
+    Ok((status, out))
+}
