@@ -17,14 +17,23 @@ pub(crate) struct Record<'a> {
 /// Prints `record` as one JSON line on stdout.
 pub(crate) fn emit(record: &Record<'_>) {
     match serde_json::to_string(record) {
-        Ok(line) => println!("{line}"),
+        Ok(line) => line_out(&line),
         Err(e) => eprintln!("herd-bench: cannot encode a record: {e}"),
     }
 }
 
 /// Prints a note (a skipped peer, a caveat) as a JSON line.
 pub(crate) fn note(suite: &str, text: &str) {
-    println!("{}", serde_json::json!({ "suite": suite, "note": text }));
+    line_out(&serde_json::json!({ "suite": suite, "note": text }).to_string());
+}
+
+/// Writes one line; a closed stdout (`| head`) ends the program quietly.
+fn line_out(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+        std::process::exit(0);
+    }
 }
 
 /// The median of `samples` (sorted in place).

@@ -258,6 +258,30 @@ pub(crate) fn recv_with_fds(
     }
 }
 
+/// Sets `O_NONBLOCK` on an fd (and on every fd sharing its description).
+pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let flags = rustix::fs::fcntl_getfl(fd)?;
+    rustix::fs::fcntl_setfl(fd, flags | rustix::fs::OFlags::NONBLOCK)?;
+    Ok(())
+}
+
+/// One non-blocking read of up to `max` bytes: `None` if nothing is there
+/// yet, an empty vector at end of file.
+pub(crate) fn read_nonblocking(fd: BorrowedFd<'_>, max: usize) -> io::Result<Option<Vec<u8>>> {
+    let mut buf = vec![0u8; max];
+    loop {
+        match rustix::io::read(fd, &mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(Some(buf));
+            }
+            Err(rustix::io::Errno::AGAIN) => return Ok(None),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Clears close-on-exec on a raw fd. Async-signal-safe: one raw system call,
 /// so it may run between `fork` and `exec`.
 pub(crate) fn clear_cloexec_raw(fd: RawFd) -> io::Result<()> {

@@ -3,7 +3,7 @@
 //! behind [`active_children`], and the exit handler that terminates daemon
 //! children and waits for the others.
 
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard, Once};
 use std::time::{Duration, Instant};
@@ -35,6 +35,8 @@ pub(crate) struct ChildRecord {
     /// `Some` once reaped. Held while reaping or signalling, so a group
     /// signal never races the reap that would free the pid for reuse.
     status: Mutex<Option<ExitStatus>>,
+    /// `join` has returned the outcome.
+    joined: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -49,6 +51,7 @@ impl ChildRecord {
             daemon,
             link,
             status: Mutex::new(None),
+            joined: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -68,6 +71,11 @@ impl ChildRecord {
         }
     }
 
+    /// Whether the child is known to be reaped (no system call).
+    fn reaped(&self) -> bool {
+        lock(&self.status).is_some()
+    }
+
     /// The exit status if the child has exited (reaping it); never blocks.
     pub(crate) fn poll_exit(&self) -> io::Result<Option<ExitStatus>> {
         let mut st = lock(&self.status);
@@ -80,22 +88,37 @@ impl ChildRecord {
     fn try_reap(&self) -> io::Result<Option<ExitStatus>> {
         match &self.link {
             Link::Direct { pidfd } => os::reap_nohang(pidfd.as_fd()),
-            Link::Served { status, .. } => {
-                if !os::wait_readable(&[status.as_fd()], Some(Instant::now()))?[0] {
-                    return Ok(None);
+            // The pipe is non-blocking and the forkserver writes the 8
+            // bytes in one `write` (atomic for a pipe), then closes it.
+            Link::Served { status, pidfd, .. } => {
+                let mut got = os::read_nonblocking(status.as_fd(), 8)?;
+                if got.is_none() && os::wait_readable(&[pidfd.as_fd()], Some(Instant::now()))?[0] {
+                    // Dead: the forkserver is reaping it; its report is
+                    // microseconds away (or the pipe hangs up if it died).
+                    let guard = Instant::now() + Duration::from_secs(5);
+                    if os::wait_readable(&[status.as_fd()], Some(guard))?[0] {
+                        got = os::read_nonblocking(status.as_fd(), 8)?;
+                    }
                 }
-                let mut buf = [0u8; 8];
-                let mut file = std::fs::File::from(status.try_clone()?);
-                match file.read_exact(&mut buf) {
-                    Ok(()) => Ok(Some(super::forkserver::decode_status(buf))),
-                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(io::Error::new(
-                        io::ErrorKind::BrokenPipe,
-                        "the forkserver died before reporting the exit status",
-                    )),
-                    Err(e) => Err(e),
+                match got {
+                    None => Ok(None),
+                    Some(bytes) => match <[u8; 8]>::try_from(bytes.as_slice()) {
+                        Ok(buf) => Ok(Some(super::forkserver::decode_status(buf))),
+                        Err(_) => Err(io::Error::new(
+                            io::ErrorKind::BrokenPipe,
+                            "the forkserver died before reporting the exit status",
+                        )),
+                    },
                 }
             }
         }
+    }
+
+    /// Records that `join` has consumed the child's outcome: from now on
+    /// `state()` reports how it ended rather than `Zombie`.
+    pub(crate) fn mark_joined(&self) {
+        self.joined
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Waits for the child to exit, until `deadline` (`None`: forever).
@@ -150,10 +173,18 @@ impl ChildRecord {
                 let letter = os::proc_state_letter(self.pid);
                 // If the pidfd is not readable after the read, the child was
                 // alive throughout, so the pid was not reused under us.
-                if os::wait_readable(&[pidfd.as_fd()], Some(Instant::now()))?[0] {
+                if !os::wait_readable(&[pidfd.as_fd()], Some(Instant::now()))?[0] {
+                    return Ok(ProcessState::from_letter(letter?));
+                }
+                // Dead. Until its outcome is collected it is, to us, a
+                // zombie (the forkserver reaps at once; we have not looked).
+                if !self.joined.load(std::sync::atomic::Ordering::Relaxed) {
                     return Ok(ProcessState::Zombie);
                 }
-                Ok(ProcessState::from_letter(letter?))
+                drop(st);
+                Ok(self
+                    .poll_exit()?
+                    .map_or(ProcessState::Zombie, ProcessState::from_exit))
             }
         }
     }
@@ -204,9 +235,16 @@ pub(crate) fn register(record: Arc<ChildRecord>) {
     children.push(record);
 }
 
-/// Drops reaped children from the table, reaping those that exited.
+/// Drops reaped children from the table. Children whose handle was dropped
+/// are reaped here if they exited (Python's `_cleanup`); the others are left
+/// to their handle, so a start costs no system call per live child.
 fn sweep(children: &mut Vec<Arc<ChildRecord>>) {
-    children.retain(|c| !matches!(c.poll_exit(), Ok(Some(_)) | Err(_)));
+    children.retain(|c| {
+        if c.reaped() {
+            return false;
+        }
+        Arc::strong_count(c) > 1 || matches!(c.poll_exit(), Ok(None))
+    });
 }
 
 /// A live child of the current process, as listed by [`active_children`].
@@ -232,6 +270,7 @@ pub struct ChildInfo {
 pub fn active_children() -> Vec<ChildInfo> {
     let mut children = lock(&CHILDREN);
     sweep(&mut children);
+    children.retain(|c| matches!(c.poll_exit(), Ok(None)));
     children
         .iter()
         .map(|c| ChildInfo {

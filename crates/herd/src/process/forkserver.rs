@@ -21,6 +21,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -243,10 +244,24 @@ pub(crate) fn decode_status(b: [u8; 8]) -> ExitStatus {
     }
 }
 
+/// A child of the forkserver that runs (or will run) a task.
 struct Served {
     pid: u32,
     pidfd: OwnedFd,
     status: OwnedFd,
+}
+
+/// How long the server must be idle before it forks a spare.
+const SPARE_AFTER_IDLE: Duration = Duration::from_millis(1);
+
+/// A child forked ahead of the next request, waiting on `ctl` for its
+/// bootstrap socket and stdio. Forking ahead takes the fork (and the
+/// child's copy-on-write faults) off the critical path of `start`.
+struct Spare {
+    served: Served,
+    /// The read end of its status pipe, for the parent.
+    status_r: OwnedFd,
+    ctl: OwnedFd,
 }
 
 /// The forkserver's main loop. Never returns.
@@ -261,63 +276,105 @@ pub(crate) fn serve(boot: OwnedFd, parent_pidfd: OwnedFd) -> ! {
     // Work every child would repeat, done once before any fork.
     crate::task::install_panic_hook();
     let _ = crate::task::build_id();
-    let me = std::process::id();
-    let mut children: Vec<Served> = Vec::new();
-    let mut buf = vec![0u8; 4096];
-    loop {
-        let mut fds: Vec<BorrowedFd<'_>> = vec![conn.as_fd(), parent_pidfd.as_fd()];
-        fds.extend(children.iter().map(|c| c.pidfd.as_fd()));
-        let ready = match os::wait_readable(&fds, None) {
-            Ok(r) => r,
-            Err(_) => shutdown(&children),
-        };
-        if ready[1] {
-            shutdown(&children);
-        }
-        // Reap the children that exited and report their status.
-        let exited: Vec<usize> = ready[2..]
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| **r)
-            .map(|(i, _)| i)
-            .collect();
-        for i in exited.into_iter().rev() {
-            if let Ok(Some(st)) = os::reap_nohang(children[i].pidfd.as_fd()) {
-                let c = children.swap_remove(i);
-                let _ = rustix::io::write(&c.status, &encode_status(st));
+    let mut server = Server {
+        me: std::process::id(),
+        conn,
+        parent_pidfd,
+        children: Vec::new(),
+        spare: None,
+    };
+    server.run()
+}
+
+struct Server {
+    me: u32,
+    conn: OwnedFd,
+    parent_pidfd: OwnedFd,
+    children: Vec<Served>,
+    spare: Option<Spare>,
+}
+
+impl Server {
+    fn run(&mut self) -> ! {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            // Fork a spare only once the server has been idle for a moment:
+            // forking while the child just started runs competes with it for
+            // the CPUs, which costs more than it saves.
+            let idle = (self.spare.is_none()).then(|| Instant::now() + SPARE_AFTER_IDLE);
+            let ready = {
+                let mut fds: Vec<BorrowedFd<'_>> =
+                    vec![self.conn.as_fd(), self.parent_pidfd.as_fd()];
+                fds.extend(self.spare.iter().map(|s| s.served.pidfd.as_fd()));
+                fds.extend(self.children.iter().map(|c| c.pidfd.as_fd()));
+                match os::wait_readable(&fds, idle) {
+                    Ok(r) => r,
+                    Err(_) => self.shutdown(),
+                }
+            };
+            if !ready.iter().any(|r| *r) {
+                self.spare = self.fork_spare().ok();
+                continue;
+            }
+            if ready[1] {
+                self.shutdown();
+            }
+            let spare_slots = usize::from(self.spare.is_some());
+            if spare_slots == 1 && ready[2] {
+                // The spare died while idle (killed from outside): reap it.
+                if let Some(spare) = self.spare.take() {
+                    let _ = os::reap_nohang(spare.served.pidfd.as_fd());
+                }
+            }
+            // Reap the children that exited and report their status.
+            let exited: Vec<usize> = ready[2 + spare_slots..]
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| **r)
+                .map(|(i, _)| i)
+                .collect();
+            for i in exited.into_iter().rev() {
+                if let Ok(Some(st)) = os::reap_nohang(self.children[i].pidfd.as_fd()) {
+                    let c = self.children.swap_remove(i);
+                    let _ = rustix::io::write(&c.status, &encode_status(st));
+                }
+            }
+            if ready[0] {
+                self.handle_request(&mut buf);
             }
         }
-        if !ready[0] {
-            continue;
-        }
-        let (n, got) = match os::recv_with_fds(conn.as_fd(), &mut buf) {
-            Ok((0, _)) | Err(_) => shutdown(&children),
+    }
+
+    fn handle_request(&mut self, buf: &mut [u8]) {
+        let (n, got) = match os::recv_with_fds(self.conn.as_fd(), buf) {
+            Ok((0, _)) | Err(_) => self.shutdown(),
             Ok(x) => x,
         };
         let reply = match crate::task::decode::<ServerRequest>(&buf[..n]) {
-            Ok(ServerRequest::Spawn) if got.len() == 4 => {
-                match fork_child(me, &conn, &parent_pidfd, &children, got) {
-                    Ok((served, pidfd, status_r)) => {
-                        let reply = ServerReply::Spawned { pid: served.pid };
-                        let body = crate::task::encode(&reply).unwrap_or_default();
-                        let _ = os::send_with_fds(
-                            conn.as_fd(),
-                            &body,
-                            &[pidfd.as_fd(), status_r.as_fd()],
-                        );
-                        children.push(served);
-                        continue;
+            Ok(ServerRequest::Spawn) if got.len() == 4 => match self.start_child(got) {
+                Ok((pid, pidfd, status_r)) => {
+                    let body =
+                        crate::task::encode(&ServerReply::Spawned { pid }).unwrap_or_default();
+                    if os::send_with_fds(
+                        self.conn.as_fd(),
+                        &body,
+                        &[pidfd.as_fd(), status_r.as_fd()],
+                    )
+                    .is_err()
+                    {
+                        self.shutdown();
                     }
-                    Err(e) => ServerReply::SpawnFailed {
-                        errno: e.raw_os_error().unwrap_or(libc::EIO),
-                    },
+                    return;
                 }
-            }
+                Err(e) => ServerReply::SpawnFailed {
+                    errno: e.raw_os_error().unwrap_or(libc::EIO),
+                },
+            },
             Ok(ServerRequest::Spawn) => ServerReply::SpawnFailed {
                 errno: libc::EINVAL,
             },
             Ok(ServerRequest::SignalGroup { pid, signal }) => {
-                if children.iter().any(|c| c.pid == pid) {
+                if self.children.iter().any(|c| c.pid == pid) {
                     match os::signal_group(pid, Signal::from_raw(signal)) {
                         Ok(delivered) => ServerReply::Signalled { delivered },
                         Err(e) => ServerReply::SignalFailed {
@@ -333,69 +390,101 @@ pub(crate) fn serve(boot: OwnedFd, parent_pidfd: OwnedFd) -> ! {
             },
         };
         let body = crate::task::encode(&reply).unwrap_or_default();
-        if os::send_with_fds(conn.as_fd(), &body, &[]).is_err() {
-            shutdown(&children);
+        if os::send_with_fds(self.conn.as_fd(), &body, &[]).is_err() {
+            self.shutdown();
         }
     }
-}
 
-/// Kills every child's group and exits.
-fn shutdown(children: &[Served]) -> ! {
-    for c in children {
-        let _ = os::signal_group(c.pid, Signal::KILL);
+    /// Hands `got` (socket, stdin, stdout, stderr) to the spare (forking
+    /// one if there is none); returns its pid, a pidfd and the status pipe.
+    fn start_child(&mut self, got: Vec<OwnedFd>) -> io::Result<(u32, OwnedFd, OwnedFd)> {
+        let spare = match self.spare.take() {
+            Some(s) => s,
+            None => self.fork_spare()?,
+        };
+        let fds: Vec<BorrowedFd<'_>> = got.iter().map(AsFd::as_fd).collect();
+        if let Err(e) = os::send_with_fds(spare.ctl.as_fd(), b"go", &fds) {
+            let _ = os::pidfd_signal(spare.served.pidfd.as_fd(), Signal::KILL);
+            self.children.push(spare.served);
+            return Err(e);
+        }
+        let for_parent = os::dup(spare.served.pidfd.as_fd())?;
+        let pid = spare.served.pid;
+        self.children.push(spare.served);
+        Ok((pid, for_parent, spare.status_r))
     }
-    os::exit_now(0)
-}
 
-fn fork_child(
-    me: u32,
-    conn: &OwnedFd,
-    parent_pidfd: &OwnedFd,
-    children: &[Served],
-    got: Vec<OwnedFd>,
-) -> io::Result<(Served, OwnedFd, OwnedFd)> {
-    let (status_r, status_w) = os::pipe()?;
-    // SAFETY: the forkserver is single-threaded, so the child may run
-    // arbitrary code after fork.
-    match unsafe { os::fork() }? {
-        None => {
-            // In the child: drop the server's state, wire stdio, run.
-            let mut got = got.into_iter();
-            let (Some(sock), Some(i), Some(o), Some(e)) =
-                (got.next(), got.next(), got.next(), got.next())
-            else {
-                os::exit_now(3)
-            };
-            let ok = os::new_process_group().is_ok()
-                && os::kill_on_parent_death().is_ok()
-                && os::getppid() == me
-                && os::dup_onto(i.as_fd(), 0).is_ok()
-                && os::dup_onto(o.as_fd(), 1).is_ok()
-                && os::dup_onto(e.as_fd(), 2).is_ok();
-            if !ok {
-                os::exit_now(3);
+    /// Forks a spare child that waits for its task's fds.
+    fn fork_spare(&self) -> io::Result<Spare> {
+        let (status_r, status_w) = os::pipe()?;
+        // The parent polls the status without blocking.
+        os::set_nonblocking(status_r.as_fd())?;
+        let (ctl, ctl_child) = os::seqpacket_pair()?;
+        // SAFETY: the forkserver is single-threaded, so the child may run
+        // arbitrary code after fork.
+        match unsafe { os::fork() }? {
+            None => {
+                // In the child: nothing of the server's state is ours.
+                os::close_fds_except(3, &[ctl_child.as_raw_fd()]);
+                std::mem::forget((ctl, status_r, status_w));
+                spare_main(self.me, ctl_child)
             }
-            let _ = (conn, children, parent_pidfd, status_r, status_w);
-            os::close_fds_except(3, &[sock.as_raw_fd()]);
-            // Everything else was closed above; forget the owners so their
-            // destructors do not close numbers now reused.
-            std::mem::forget((i, o, e));
-            super::child::child_main(sock, None)
-        }
-        Some(pid) => {
-            drop(got);
-            // Our own unreaped child: the pid is stable until we reap it.
-            let pidfd = os::pidfd_open(pid)?;
-            let for_parent = os::dup(pidfd.as_fd())?;
-            Ok((
-                Served {
-                    pid,
-                    pidfd,
-                    status: status_w,
-                },
-                for_parent,
-                status_r,
-            ))
+            Some(pid) => {
+                drop(ctl_child);
+                // Our own unreaped child: the pid is stable until we reap it.
+                let pidfd = os::pidfd_open(pid)?;
+                Ok(Spare {
+                    served: Served {
+                        pid,
+                        pidfd,
+                        status: status_w,
+                    },
+                    status_r,
+                    ctl,
+                })
+            }
         }
     }
+
+    /// Kills every child's group (and the spare) and exits.
+    fn shutdown(&self) -> ! {
+        for c in self
+            .children
+            .iter()
+            .chain(self.spare.iter().map(|s| &s.served))
+        {
+            let _ = os::signal_group(c.pid, Signal::KILL);
+        }
+        os::exit_now(0)
+    }
+}
+
+/// A spare child: set up, then wait for the bootstrap socket and stdio.
+fn spare_main(server: u32, ctl: OwnedFd) -> ! {
+    let ready = os::new_process_group().is_ok()
+        && os::kill_on_parent_death().is_ok()
+        && os::getppid() == server;
+    if !ready {
+        os::exit_now(3);
+    }
+    let mut buf = [0u8; 8];
+    let got = match os::recv_with_fds(ctl.as_fd(), &mut buf) {
+        Ok((n, got)) if n > 0 && got.len() == 4 => got,
+        // The server went away (or sent nonsense): nothing to run.
+        _ => os::exit_now(0),
+    };
+    drop(ctl);
+    let mut got = got.into_iter();
+    let (Some(sock), Some(i), Some(o), Some(e)) = (got.next(), got.next(), got.next(), got.next())
+    else {
+        os::exit_now(3)
+    };
+    let wired = os::dup_onto(i.as_fd(), 0).is_ok()
+        && os::dup_onto(o.as_fd(), 1).is_ok()
+        && os::dup_onto(e.as_fd(), 2).is_ok();
+    if !wired {
+        os::exit_now(3);
+    }
+    drop((i, o, e));
+    super::child::child_main(sock, None)
 }

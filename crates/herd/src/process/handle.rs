@@ -155,16 +155,30 @@ impl<T: DeserializeOwned> Process<T> {
                 // Everything the child wrote is buffered by now.
                 self.read_outcome()?;
                 self.joined = true;
-                return self.finish(status).map(Some);
+                self.record.mark_joined();
+                return self.finish(Some(status)).map(Some);
+            }
+            // With the child's final message in hand, its death is all that
+            // is left to wait for: the pidfd says so as soon as it exits,
+            // before a forkserver has reaped it and reported the status
+            // (which `exitcode()` collects later).
+            let ended = self.outcome.is_some()
+                && os::wait_readable(&[self.record.pidfd()], Some(Instant::now()))
+                    .map_err(io_err)?[0];
+            if ended {
+                self.joined = true;
+                self.record.mark_joined();
+                return self.finish(None).map(Some);
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(None);
             }
-            let watch_socket = self.outcome.is_none() && !self.reader.eof;
-            if watch_socket {
-                os::wait_readable(&[self.stream.as_fd(), self.record.exit_fd()], deadline)
-            } else {
+            if self.outcome.is_some() {
+                os::wait_readable(&[self.record.pidfd()], deadline)
+            } else if self.reader.eof {
                 os::wait_readable(&[self.record.exit_fd()], deadline)
+            } else {
+                os::wait_readable(&[self.stream.as_fd(), self.record.exit_fd()], deadline)
             }
             .map_err(io_err)?;
         }
@@ -196,7 +210,9 @@ impl<T: DeserializeOwned> Process<T> {
         Ok(())
     }
 
-    fn finish(&mut self, status: ExitStatus) -> Result<T, ProcessError> {
+    /// The join's answer: the child's final message, or, without one, how
+    /// it ended (`status` is `Some` whenever `outcome` is `None`).
+    fn finish(&mut self, status: Option<ExitStatus>) -> Result<T, ProcessError> {
         let pid = self.pid();
         match self.outcome.take() {
             Some(Reply::Returned(bytes)) => {
@@ -209,8 +225,9 @@ impl<T: DeserializeOwned> Process<T> {
                 reason: format!("unexpected message {other:?}"),
             }),
             None => Err(match status {
-                ExitStatus::Signaled(signal) => ProcessError::Signaled { pid, signal },
-                ExitStatus::Exited(code) => ProcessError::ExitedWithoutResult { pid, code },
+                Some(ExitStatus::Signaled(signal)) => ProcessError::Signaled { pid, signal },
+                Some(ExitStatus::Exited(code)) => ProcessError::ExitedWithoutResult { pid, code },
+                None => ProcessError::StatusLost { pid },
             }),
         }
     }
