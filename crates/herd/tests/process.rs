@@ -97,8 +97,9 @@ fn spawn_grandchild_then_block() -> u32 {
         .expect("spawn sleep");
     println!("{}", child.id());
     std::io::stdout().flush().expect("flush");
+    // Blocked in a sleep, as the seed's children are.
     loop {
-        std::thread::park();
+        std::thread::sleep(Duration::from_secs(3600));
     }
 }
 
@@ -546,6 +547,58 @@ fn other_program_is_refused() -> Result<(), Failed> {
     }
 }
 
+fn child_that_dies_during_startup() -> Result<(), Failed> {
+    // A program that is not a herd program at all: it exits at once.
+    match Process::builder(add, (1, 2))
+        .executable("/bin/true")
+        .start()
+    {
+        Err(StartError::DiedDuringStartup { status, .. }) => {
+            check(status.success(), status.to_string())
+        }
+        other => Err(format!("expected DiedDuringStartup, got {other:?}").into()),
+    }
+}
+
+fn bootstrap_has_a_deadline() -> Result<(), Failed> {
+    // A program that never answers (as a program without herd::init() in
+    // main would not): start gives up at the deadline and kills it.
+    let dir = std::env::temp_dir().join(format!("herd-test-silent-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let script = dir.join("silent");
+    std::fs::write(&script, "#!/bin/sh\nexec sleep 3600\n")?;
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let t = Instant::now();
+    let result = Process::builder(add, (1, 2))
+        .executable(&script)
+        .bootstrap_timeout(Duration::from_millis(300))
+        .start();
+    let _ = std::fs::remove_dir_all(&dir);
+    match result {
+        Err(StartError::BootstrapTimeout { pid, .. }) => {
+            check(
+                t.elapsed() >= Duration::from_millis(300),
+                "waited the deadline",
+            )?;
+            check(
+                !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+                "the silent child was killed and reaped",
+            )
+        }
+        other => Err(format!("expected BootstrapTimeout, got {other:?}").into()),
+    }
+}
+
+/// The child never runs the body of `main`: a helper prints a line from
+/// `main` after `herd::init()`, then starts children that print their own.
+fn child_never_runs_main_body() -> Result<(), Failed> {
+    let (status, text) = run_helper("main-body")?;
+    check(status.success(), format!("helper status {status:?}"))?;
+    let mains = text.lines().filter(|l| *l == "main body").count();
+    let tasks = text.lines().filter(|l| *l == "task ran").count();
+    check(mains == 1 && tasks == 2, format!("helper said {text:?}"))
+}
+
 fn missing_executable_fails_at_start() -> Result<(), Failed> {
     match Process::builder(add, (1, 2))
         .executable("/nonexistent/herd-program")
@@ -761,6 +814,17 @@ fn role(name: &str) -> ! {
             drop((d, n));
             std::process::exit(0)
         }
+        "main-body" => {
+            println!("main body");
+            for m in [StartMethod::Spawn, StartMethod::ForkServer] {
+                let mut p = Process::builder(print_line, ("task ran".to_owned(),))
+                    .start_method(m)
+                    .start()
+                    .expect("start");
+                p.join().expect("join");
+            }
+            std::process::exit(0)
+        }
         "forkserver-restart" => match forkserver_restart() {
             Ok(()) => {
                 println!("replaced");
@@ -816,6 +880,12 @@ fn main() {
         Trial::test("wrong_build_is_refused", wrong_build_is_refused),
         Trial::test("other_program_is_refused", other_program_is_refused)
             .with_ignored_flag(!other_program_exists),
+        Trial::test(
+            "child_that_dies_during_startup",
+            child_that_dies_during_startup,
+        ),
+        Trial::test("bootstrap_has_a_deadline", bootstrap_has_a_deadline),
+        Trial::test("child_never_runs_main_body", child_never_runs_main_body),
         Trial::test(
             "missing_executable_fails_at_start",
             missing_executable_fails_at_start,
