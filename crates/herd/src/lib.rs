@@ -90,8 +90,10 @@
 //! * A child that exited stays a zombie until it is joined, or until the next
 //!   `start`/[`active_children`] call reaps it after its handle was dropped.
 
+mod ipc;
 mod os;
 mod process;
+pub mod sync;
 mod task;
 
 pub use process::{

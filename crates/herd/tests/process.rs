@@ -161,6 +161,20 @@ fn take_unserializable(_v: Unserializable) -> u8 {
     0
 }
 
+#[herd::task]
+fn add_to_shared(total: herd::sync::Value<u64>, n: u64) -> u64 {
+    for _ in 0..n {
+        total.fetch_add(1);
+    }
+    total.get()
+}
+
+#[herd::task]
+fn set_flag(flag: herd::sync::Value<bool>, counter: herd::sync::Value<i32>) {
+    counter.set(-7);
+    flag.set(true);
+}
+
 fn not_registered(x: u8) -> u8 {
     x
 }
@@ -609,6 +623,46 @@ fn missing_executable_fails_at_start() -> Result<(), Failed> {
     }
 }
 
+/// A shared Value passed as a task argument (its memfd travels with the
+/// request): children's updates are the parent's.
+fn shared_value_crosses_processes() -> Result<(), Failed> {
+    both(|m| {
+        let total = herd::sync::Value::new(0u64)?;
+        let mut a = Process::builder(add_to_shared, (total.clone(), 500))
+            .start_method(m)
+            .start()?;
+        let mut b = Process::builder(add_to_shared, (total.clone(), 500))
+            .start_method(m)
+            .start()?;
+        a.join()?;
+        b.join()?;
+        check(total.get() == 1000, format!("total {}", total.get()))?;
+        let (flag, counter) = (
+            herd::sync::Value::new(false)?,
+            herd::sync::Value::new(0i32)?,
+        );
+        let mut c = Process::builder(set_flag, (flag.clone(), counter.clone()))
+            .start_method(m)
+            .start()?;
+        c.join()?;
+        check(
+            flag.get() && counter.get() == -7,
+            "two values, both updated",
+        )
+    })
+}
+
+fn shared_value_outside_a_task_is_an_error() -> Result<(), Failed> {
+    let v = herd::sync::Value::new(1u8)?;
+    match serde_json::to_string(&v) {
+        Err(e) => check(
+            e.to_string().contains("argument of a herd task"),
+            e.to_string(),
+        ),
+        Ok(s) => Err(format!("serialized to {s}").into()),
+    }
+}
+
 fn globals_are_not_shared() -> Result<(), Failed> {
     both(|m| {
         COUNTER.store(100, Ordering::SeqCst);
@@ -891,6 +945,14 @@ fn main() {
             missing_executable_fails_at_start,
         ),
         Trial::test("globals_are_not_shared", globals_are_not_shared),
+        Trial::test(
+            "shared_value_crosses_processes",
+            shared_value_crosses_processes,
+        ),
+        Trial::test(
+            "shared_value_outside_a_task_is_an_error",
+            shared_value_outside_a_task_is_an_error,
+        ),
         Trial::test("stdout_redirected", stdout_redirected),
         Trial::test(
             "active_children_lists_live_ones",

@@ -16,8 +16,8 @@ use rustix::process::{Pid, PidfdFlags, WaitId, WaitIdOptions};
 
 use crate::process::{ExitStatus, Signal};
 
-/// Most file descriptors passed in one message.
-pub(crate) const MAX_FDS: usize = 8;
+/// Most file descriptors passed in one message (the kernel's `SCM_MAX_FD`).
+pub(crate) const MAX_FDS: usize = 253;
 
 fn pid_of(pid: u32) -> io::Result<Pid> {
     i32::try_from(pid)
@@ -188,12 +188,37 @@ pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
 }
 
-/// Sends one message with `fds` attached (`SCM_RIGHTS`).
+/// Sends one message with `fds` attached (`SCM_RIGHTS`), blocking.
 pub(crate) fn send_with_fds(
     sock: BorrowedFd<'_>,
     bytes: &[u8],
     fds: &[BorrowedFd<'_>],
 ) -> io::Result<()> {
+    match send_fds_once(sock, bytes, fds, SendFlags::NOSIGNAL)? {
+        n if n == bytes.len() => Ok(()),
+        _ => Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "short message send",
+        )),
+    }
+}
+
+/// Sends as much of `bytes` as the socket takes now, with `fds` attached to
+/// the first byte; returns the byte count (`WouldBlock` if none fit).
+pub(crate) fn send_some_with_fds(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<usize> {
+    send_fds_once(sock, bytes, fds, SendFlags::NOSIGNAL | SendFlags::DONTWAIT)
+}
+
+fn send_fds_once(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+    flags: SendFlags,
+) -> io::Result<usize> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
@@ -203,19 +228,8 @@ pub(crate) fn send_with_fds(
         ));
     }
     loop {
-        match rustix::net::sendmsg(
-            sock,
-            &[IoSlice::new(bytes)],
-            &mut control,
-            SendFlags::NOSIGNAL,
-        ) {
-            Ok(n) if n == bytes.len() => return Ok(()),
-            Ok(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "short message send",
-                ));
-            }
+        match rustix::net::sendmsg(sock, &[IoSlice::new(bytes)], &mut control, flags) {
+            Ok(n) => return Ok(n),
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
         }

@@ -19,8 +19,8 @@ use super::handle::Process;
 use super::protocol::{self, FrameReader, Reply, Request};
 use super::spawn::{self, Role};
 use super::{child, forkserver};
-use crate::os;
 use crate::task::{self, TaskFn};
+use crate::{ipc, os};
 
 /// How a child process is started.
 ///
@@ -175,6 +175,8 @@ pub struct ProcessBuilder<R> {
     task_type: TypeId,
     task_type_name: &'static str,
     args: Result<Vec<u8>, String>,
+    /// File descriptors of shared objects among the arguments.
+    passed: Vec<OwnedFd>,
     name: Option<String>,
     daemon: bool,
     method: Option<StartMethod>,
@@ -198,10 +200,12 @@ impl Process<()> {
         F::Output: Serialize + DeserializeOwned,
     {
         let _ = task;
+        let (args, passed) = ipc::collect_fds(|| task::encode(&args));
         ProcessBuilder {
             task_type: TypeId::of::<F>(),
             task_type_name: type_name::<F>(),
-            args: task::encode(&args),
+            args,
+            passed,
             name: None,
             daemon: false,
             method: None,
@@ -337,13 +341,14 @@ impl<R: DeserializeOwned> ProcessBuilder<R> {
         let (pid, link, mut stream, written) = match method {
             StartMethod::Spawn => {
                 let exe = self.executable.unwrap_or_else(os::self_exe);
-                let (s, written) = spawn::spawn(&exe, Role::Child, &self.stdio, &frame)
-                    .map_err(StartError::Spawn)?;
+                let (s, written) =
+                    spawn::spawn(&exe, Role::Child, &self.stdio, &frame, &self.passed)
+                        .map_err(StartError::Spawn)?;
                 (s.pid, Link::Direct { pidfd: s.pidfd }, s.sock, written)
             }
             StartMethod::ForkServer => {
-                let (s, written) =
-                    forkserver::spawn_child(&self.stdio, &frame).map_err(StartError::ForkServer)?;
+                let (s, written) = forkserver::spawn_child(&self.stdio, &frame, &self.passed)
+                    .map_err(StartError::ForkServer)?;
                 (
                     s.pid,
                     Link::Served {

@@ -12,8 +12,8 @@ use super::error::Refusal;
 use super::protocol::{self, Reply, Request};
 use super::spawn::{self, BOOTSTRAP_ENV, Role};
 use super::status::Signal;
-use crate::os;
 use crate::task::{self, RunFailure};
+use crate::{ipc, os};
 
 /// Who this process is, in herd's terms.
 #[derive(Debug)]
@@ -132,7 +132,7 @@ pub(crate) fn child_main(sock: OwnedFd, watch: Option<OwnedFd>) -> ! {
         start_watchdog(parent);
     }
     let mut stream = UnixStream::from(sock);
-    let Ok(body) = protocol::read_frame_blocking(&mut stream) else {
+    let Ok((body, passed)) = protocol::read_frame_blocking(&mut stream) else {
         // The parent went away during the bootstrap.
         std::process::exit(3);
     };
@@ -161,7 +161,7 @@ pub(crate) fn child_main(sock: OwnedFd, watch: Option<OwnedFd>) -> ! {
             Refusal::FingerprintMismatch { name: request.task },
         );
     }
-    let call = match (entry.prepare)(&request.args) {
+    let call = match ipc::provide_fds(passed, || (entry.prepare)(&request.args)) {
         Ok(call) => call,
         Err(reason) => refuse(&mut stream, Refusal::ArgsDecode { reason }),
     };

@@ -84,7 +84,11 @@ pub(crate) struct ServedChild {
 /// Starts a child through the forkserver (starting the server if needed).
 /// `first` is written to our end of the socket before the fork, as far as
 /// the socket buffer takes it; returns the child and the bytes written.
-pub(crate) fn spawn_child(stdio: &[Stdio; 3], first: &[u8]) -> io::Result<(ServedChild, usize)> {
+pub(crate) fn spawn_child(
+    stdio: &[Stdio; 3],
+    first: &[u8],
+    passed: &[OwnedFd],
+) -> io::Result<(ServedChild, usize)> {
     let fds = [
         stdio[0].as_fd_for(0)?,
         stdio[1].as_fd_for(1)?,
@@ -93,7 +97,7 @@ pub(crate) fn spawn_child(stdio: &[Stdio; 3], first: &[u8]) -> io::Result<(Serve
     let (ours, theirs) = os::stream_pair()?;
     let mut ours = UnixStream::from(ours);
     ours.set_nonblocking(true)?;
-    let written = super::protocol::write_some(&mut ours, first)?;
+    let written = super::protocol::write_some(&mut ours, first, passed)?;
     for attempt in 0..2 {
         let server = current_server()?;
         match server.request_spawn(&theirs, &fds) {
@@ -136,6 +140,7 @@ fn current_server() -> io::Result<Arc<ForkServer>> {
         &os::self_exe(),
         Role::ForkServer,
         &[Stdio::Null, Stdio::Inherit, Stdio::Inherit],
+        &[],
         &[],
     )?;
     // The server only speaks SEQPACKET; the stream pair from `spawn` carries

@@ -8,7 +8,7 @@
 //! ```
 
 use std::io::{self, Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
@@ -60,10 +60,21 @@ pub(crate) fn frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// Blocking: reads one frame body (the child side).
-pub(crate) fn read_frame_blocking(stream: &mut UnixStream) -> io::Result<Vec<u8>> {
+/// Blocking: reads one frame body and the fds sent with it (the child side).
+pub(crate) fn read_frame_blocking(stream: &mut UnixStream) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    // The fds ride on the first bytes of the frame, so read the header with
+    // recvmsg; the body is plain bytes.
     let mut len = [0u8; 4];
-    stream.read_exact(&mut len)?;
+    let mut got = 0;
+    let mut fds = Vec::new();
+    while got < 4 {
+        let (n, more) = os::recv_with_fds(stream.as_fd(), &mut len[got..])?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        got += n;
+        fds.extend(more);
+    }
     let len = u32::from_le_bytes(len) as usize;
     if len > MAX_FRAME {
         return Err(io::Error::new(
@@ -73,7 +84,7 @@ pub(crate) fn read_frame_blocking(stream: &mut UnixStream) -> io::Result<Vec<u8>
     }
     let mut body = vec![0u8; len];
     stream.read_exact(&mut body)?;
-    Ok(body)
+    Ok((body, fds))
 }
 
 /// Writes all of `bytes` to a non-blocking stream before `deadline`.
@@ -99,9 +110,19 @@ pub(crate) fn write_all_deadline(
     Ok(true)
 }
 
-/// Writes what a non-blocking stream takes now; returns the byte count.
-pub(crate) fn write_some(stream: &mut UnixStream, bytes: &[u8]) -> io::Result<usize> {
+/// Writes what a non-blocking stream takes now, with `fds` attached to the
+/// first byte; returns the byte count. A fresh socket always takes the first
+/// byte, so the fds always go.
+pub(crate) fn write_some(
+    stream: &mut UnixStream,
+    bytes: &[u8],
+    fds: &[OwnedFd],
+) -> io::Result<usize> {
     let mut done = 0;
+    if !fds.is_empty() {
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+        done = os::send_some_with_fds(stream.as_fd(), bytes, &borrowed)?;
+    }
     while done < bytes.len() {
         match stream.write(&bytes[done..]) {
             Ok(0) => break,

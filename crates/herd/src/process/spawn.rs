@@ -53,18 +53,20 @@ pub(crate) struct Started {
 /// Re-executes `exe` as a herd child (or forkserver) in its own process
 /// group. `first` is written to the parent's end of the socket before the
 /// child starts (as much as the socket buffer takes), so the child finds its
-/// request waiting; returns how many bytes of it were written.
+/// request waiting (with `fds`, the shared objects among the arguments,
+/// attached); returns how many bytes of it were written.
 pub(crate) fn spawn(
     exe: &Path,
     role: Role,
     stdio: &[Stdio; 3],
     first: &[u8],
+    fds: &[OwnedFd],
 ) -> io::Result<(Started, usize)> {
     let parent_pidfd = self_pidfd()?;
     let (ours, theirs) = os::stream_pair()?;
     let mut ours = UnixStream::from(ours);
     ours.set_nonblocking(true)?;
-    let written = protocol::write_some(&mut ours, first)?;
+    let written = protocol::write_some(&mut ours, first, fds)?;
     // From the main thread, the child may rely on PR_SET_PDEATHSIG, which
     // fires when the *thread* that started it exits; from another thread it
     // must watch our pidfd instead.
