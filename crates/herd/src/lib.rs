@@ -56,12 +56,12 @@
 //! `std::process::exit`), herd terminates its **daemon** children and then
 //! **waits for the non-daemon ones**, in that order — as Python does. When
 //! this program dies abnormally (SIGKILL, abort, a crash), every child it
-//! started notices within milliseconds through a pidfd of its parent and
-//! exits (SIGTERM to its process group, SIGKILL 200 ms later), daemon or not;
-//! Python leaves all of them running. Each child runs in its own process
-//! group, so [`Process::terminate`] also reaches the child's own children,
-//! and Ctrl-C in a terminal reaches only the parent (whose death then ends
-//! the children).
+//! started is SIGKILLed within milliseconds, daemon or not, together with its
+//! process group (whatever the child started itself); Python leaves all of
+//! them running. Each child runs in its own process group, so
+//! [`Process::terminate`] also reaches the child's own children, and Ctrl-C
+//! in a terminal reaches only the parent (whose death then ends the
+//! children).
 //!
 //! ## Testing code that spawns processes under `cargo test`
 //!
@@ -89,6 +89,13 @@
 //!   forkserver has the same rule); use [`StartMethod::Spawn`] when they matter.
 //! * A child that exited stays a zombie until it is joined, or until the next
 //!   `start`/[`active_children`] call reaps it after its handle was dropped.
+//! * `herd::init()` must run before any thread starts: the forkserver refuses
+//!   to fork from a multi-threaded process. With an async runtime, call it
+//!   first in a plain `fn main` and build the runtime after it, rather than
+//!   using the runtime's `#[main]` attribute.
+//! * A child runs in its own process group, so one given the terminal as
+//!   stdin ([`Stdio::inherit`]) is stopped (SIGTTIN) if it reads from it;
+//!   the default stdin is `/dev/null`, as in Python.
 
 mod ipc;
 mod os;

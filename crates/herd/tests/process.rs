@@ -175,6 +175,39 @@ fn set_flag(flag: herd::sync::Value<bool>, counter: herd::sync::Value<i32>) {
     flag.set(true);
 }
 
+/// Panics while being deserialized.
+#[derive(Debug, Serialize)]
+struct PanicsOnDecode;
+
+impl<'de> Deserialize<'de> for PanicsOnDecode {
+    fn deserialize<D: Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        panic!("no decoding today")
+    }
+}
+
+#[herd::task]
+fn take_panicky(_v: PanicsOnDecode) -> u8 {
+    0
+}
+
+#[herd::task]
+fn fd_is_open(fd: i32) -> bool {
+    // SAFETY: F_GETFD only inspects the fd table.
+    unsafe { libc_fcntl_getfd(fd) }
+}
+
+/// `fcntl(fd, F_GETFD) != -1` without a libc dependency.
+unsafe fn libc_fcntl_getfd(fd: i32) -> bool {
+    // SAFETY: the number is only probed, never used.
+    let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    rustix::io::fcntl_getfd(b).is_ok()
+}
+
+#[herd::task]
+fn big_result(n: usize) -> Vec<u64> {
+    vec![7; n]
+}
+
 fn not_registered(x: u8) -> u8 {
     x
 }
@@ -663,6 +696,104 @@ fn shared_value_outside_a_task_is_an_error() -> Result<(), Failed> {
     }
 }
 
+fn panicking_deserialize_is_a_refusal() -> Result<(), Failed> {
+    both(|m| {
+        match Process::builder(take_panicky, (PanicsOnDecode,))
+            .start_method(m)
+            .stderr(herd::Stdio::null())
+            .start()
+        {
+            Err(StartError::Refused {
+                refusal: Refusal::ArgsDecode { reason },
+                ..
+            }) => check(reason.contains("no decoding today"), reason),
+            other => Err(format!("expected ArgsDecode, got {other:?}").into()),
+        }
+    })
+}
+
+/// An fd the parent left inheritable (no close-on-exec) must not reach a
+/// child.
+fn no_fd_leaks_into_children() -> Result<(), Failed> {
+    let (r, w) = rustix::pipe::pipe()?;
+    rustix::io::fcntl_setfd(&w, rustix::io::FdFlags::empty())?;
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&w);
+    both(|m| {
+        let mut p = Process::builder(fd_is_open, (raw,))
+            .start_method(m)
+            .start()?;
+        check(!p.join()?, format!("fd {raw} leaked into a {m:?} child"))
+    })?;
+    drop((r, w));
+    Ok(())
+}
+
+fn huge_durations_mean_no_deadline() -> Result<(), Failed> {
+    both(|m| {
+        let mut p = Process::builder(quick, ())
+            .start_method(m)
+            .bootstrap_timeout(Duration::MAX)
+            .terminate_grace(Duration::MAX)
+            .start()?;
+        check(p.join_timeout(Duration::MAX)? == Some(7), "value")
+    })
+}
+
+/// Runs in a helper: a stopped forkserver must not hang `start`.
+fn hung_forkserver_is_replaced() -> Result<(), Failed> {
+    let (status, text) = run_helper("forkserver-hung")?;
+    check(
+        status.success() && text.contains("recovered"),
+        format!("helper said {text:?}"),
+    )
+}
+
+fn forkserver_hung() -> Result<(), Failed> {
+    let mut p = Process::builder(quick, ())
+        .start_method(StartMethod::ForkServer)
+        .start()?;
+    check(p.join()? == 7, "first child")?;
+    let server = herd::forkserver_pid().ok_or("no forkserver")?;
+    let fd = pidfd_of(server).ok_or("forkserver pidfd")?;
+    rustix::process::pidfd_send_signal(&fd, rustix::process::Signal::STOP)?;
+    let t = Instant::now();
+    let r = Process::builder(quick, ())
+        .start_method(StartMethod::ForkServer)
+        .bootstrap_timeout(Duration::from_millis(500))
+        .start();
+    check(t.elapsed() < GUARD, "start returned")?;
+    // Either the attempt failed with the forkserver error, or it went
+    // through a replacement server; both are fine, a hang is not.
+    if let Ok(mut p) = r {
+        check(p.join()? == 7, "child via a new server")?;
+    }
+    let mut q = Process::builder(quick, ())
+        .start_method(StartMethod::ForkServer)
+        .start()?;
+    check(q.join()? == 7, "a child through a new forkserver")?;
+    check(
+        herd::forkserver_pid().is_some_and(|p| p != server),
+        "a new forkserver",
+    )
+}
+
+/// Exit with a non-daemon child blocked writing a large result that
+/// nobody joins: the exit must still finish.
+fn exit_with_unjoined_big_result() -> Result<(), Failed> {
+    let (status, _) = run_helper("exit-with-big-result")?;
+    check(status.success(), format!("helper status {status:?}"))
+}
+
+/// Threads started before `herd::init()` make forking unsound: the
+/// forkserver refuses, Spawn still works.
+fn threads_before_init_refused_by_forkserver() -> Result<(), Failed> {
+    let (_, text) = run_helper("threads-before-init")?;
+    check(
+        text.contains("forkserver refused") && text.contains("spawn ok"),
+        format!("helper said {text:?}"),
+    )
+}
+
 fn globals_are_not_shared() -> Result<(), Failed> {
     both(|m| {
         COUNTER.store(100, Ordering::SeqCst);
@@ -751,7 +882,7 @@ fn not_initialized_is_an_error() -> Result<(), Failed> {
 /// is gone within a second.
 fn parent_sigkill_ends_children() -> Result<(), Failed> {
     let mut parent = helper("orphan-maker").spawn()?;
-    let lines = read_lines(parent.stdout.take().ok_or("stdout")?, 5);
+    let lines = read_lines(parent.stdout.take().ok_or("stdout")?, 9);
     let lines = match lines {
         Ok(l) => l,
         Err(e) => {
@@ -838,12 +969,41 @@ fn role(name: &str) -> ! {
             })
             .join()
             .expect("thread");
+            // Plain (non-herd) grandchildren in the group of a Spawn child
+            // started from the main thread (parent-death signal path) and of
+            // one started from another thread (watchdog path).
+            let plain = |from_thread: bool| {
+                let (r, w) = std::io::pipe().expect("pipe");
+                let start = move || {
+                    Process::builder(spawn_grandchild_then_block, ())
+                        .start_method(StartMethod::Spawn)
+                        .stdout(w)
+                        .start()
+                        .expect("e")
+                };
+                let p = if from_thread {
+                    std::thread::spawn(start).join().expect("thread")
+                } else {
+                    start()
+                };
+                let mut line = String::new();
+                BufReader::new(r)
+                    .read_line(&mut line)
+                    .expect("plain grandchild pid");
+                (p, line.trim().parse::<u32>().expect("pid"))
+            };
+            let (e, e_grandchild) = plain(false);
+            let (f, f_grandchild) = plain(true);
             let pids = [
                 a.pid(),
                 b.pid(),
                 c.pid(),
                 grandchild.trim().parse().expect("pid"),
                 d.pid(),
+                e.pid(),
+                e_grandchild,
+                f.pid(),
+                f_grandchild,
             ];
             for pid in pids {
                 writeln!(out.lock(), "{pid}").expect("write");
@@ -866,6 +1026,45 @@ fn role(name: &str) -> ! {
                 .start()
                 .expect("non-daemon");
             drop((d, n));
+            std::process::exit(0)
+        }
+        "forkserver-hung" => match forkserver_hung() {
+            Ok(()) => {
+                println!("recovered");
+                std::process::exit(0)
+            }
+            Err(e) => {
+                println!("{e:?}");
+                std::process::exit(1)
+            }
+        },
+        "exit-with-big-result" => {
+            for m in [StartMethod::Spawn, StartMethod::ForkServer] {
+                let p = Process::builder(big_result, (1 << 20,))
+                    .start_method(m)
+                    .start()
+                    .expect("start");
+                // Keep the handle alive (not dropped, not joined) to exit.
+                std::mem::forget(p);
+            }
+            std::process::exit(0)
+        }
+        "threads-before-init" => {
+            match Process::builder(quick, ())
+                .start_method(StartMethod::ForkServer)
+                .start()
+            {
+                Err(StartError::ForkServer(_)) => println!("forkserver refused"),
+                other => println!("forkserver: {other:?}"),
+            }
+            match Process::builder(quick, ())
+                .start_method(StartMethod::Spawn)
+                .start()
+                .map(|mut p| p.join())
+            {
+                Ok(Ok(7)) => println!("spawn ok"),
+                other => println!("spawn: {other:?}"),
+            }
             std::process::exit(0)
         }
         "main-body" => {
@@ -901,6 +1100,14 @@ fn main() {
             Ok(_) => println!("started without init"),
         }
         return;
+    }
+    if std::env::var("HERD_TEST_ROLE").as_deref() == Ok("threads-before-init") {
+        // Deliberately wrong: a thread before herd::init().
+        std::thread::spawn(|| {
+            loop {
+                std::thread::park();
+            }
+        });
     }
     herd::init();
     if let Ok(r) = std::env::var("HERD_TEST_ROLE") {
@@ -945,6 +1152,24 @@ fn main() {
             missing_executable_fails_at_start,
         ),
         Trial::test("globals_are_not_shared", globals_are_not_shared),
+        Trial::test(
+            "panicking_deserialize_is_a_refusal",
+            panicking_deserialize_is_a_refusal,
+        ),
+        Trial::test("no_fd_leaks_into_children", no_fd_leaks_into_children),
+        Trial::test(
+            "huge_durations_mean_no_deadline",
+            huge_durations_mean_no_deadline,
+        ),
+        Trial::test("hung_forkserver_is_replaced", hung_forkserver_is_replaced),
+        Trial::test(
+            "exit_with_unjoined_big_result",
+            exit_with_unjoined_big_result,
+        ),
+        Trial::test(
+            "threads_before_init_refused_by_forkserver",
+            threads_before_init_refused_by_forkserver,
+        ),
         Trial::test(
             "shared_value_crosses_processes",
             shared_value_crosses_processes,

@@ -61,6 +61,15 @@ pub(crate) fn pidfd_signal(pidfd: BorrowedFd<'_>, sig: Signal) -> io::Result<()>
     }
 }
 
+/// SIGKILLs and reaps our own child `pid`, for the one moment before its
+/// pidfd exists. Sound because an unreaped child's pid cannot be reused.
+pub(crate) fn kill_and_reap_raw(pid: u32) {
+    if let Ok(p) = pid_of(pid) {
+        let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+        let _ = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::empty());
+    }
+}
+
 /// Sends `sig` to process group `pgid`. Returns `Ok(false)` when the group no
 /// longer exists.
 pub(crate) fn signal_group(pgid: u32, sig: Signal) -> io::Result<bool> {
@@ -341,10 +350,39 @@ pub(crate) fn new_process_group() -> io::Result<()> {
     Ok(())
 }
 
-/// Asks the kernel to SIGKILL this process when the thread that forked it
-/// exits. Sound only under a single-threaded parent (the forkserver).
-pub(crate) fn kill_on_parent_death() -> io::Result<()> {
-    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+/// The signal the kernel sends a herd child when its parent dies: a
+/// real-time signal above glibc's reserved ones, whose handler SIGKILLs the
+/// child's whole process group (the child and whatever it started itself).
+/// Should the handler ever be replaced by the default action, that action
+/// still terminates the child.
+fn parent_death_signal() -> i32 {
+    libc::SIGRTMIN() + 7
+}
+
+extern "C" fn kill_own_group(_: libc::c_int) {
+    // SAFETY: `kill` is async-signal-safe; 0 means our own process group.
+    unsafe { libc::kill(0, libc::SIGKILL) };
+}
+
+/// Arms the kernel's parent-death signal (`PR_SET_PDEATHSIG`): when the
+/// thread that started this process exits, this process's group is
+/// SIGKILLed. Sound when that thread lives as long as the parent (its main
+/// thread, or a single-threaded forkserver).
+pub(crate) fn kill_group_on_parent_death() -> io::Result<()> {
+    let sig = parent_death_signal();
+    // SAFETY: a zeroed sigaction with a plain handler that only calls an
+    // async-signal-safe function; installed before any thread exists.
+    unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = kill_own_group as extern "C" fn(libc::c_int) as usize;
+        libc::sigemptyset(&mut act.sa_mask);
+        if libc::sigaction(sig, &act, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
     Ok(())
 }
 
@@ -377,21 +415,43 @@ pub(crate) fn dup(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     Ok(rustix::io::fcntl_dupfd_cloexec(fd, 3)?)
 }
 
-/// Closes every fd from `from` upward except those in `keep`.
+/// Closes every fd from `from` upward except those in `keep`, with
+/// `close_range` where the kernel has it (5.9+), else one `close` per fd up
+/// to the fd limit. Meant for a freshly forked or exec'd child that owns
+/// nothing in that range yet.
 pub(crate) fn close_fds_except(from: RawFd, keep: &[RawFd]) {
-    let mut keep: Vec<RawFd> = keep.iter().copied().filter(|&f| f >= from).collect();
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .copied()
+        .filter(|&f| f >= from)
+        .map(|f| f as u32)
+        .collect();
     keep.sort_unstable();
+    keep.dedup();
+    let mut ranges = Vec::with_capacity(keep.len() + 1);
     let mut lo = from as u32;
     for k in keep {
-        if k as u32 > lo {
-            // SAFETY: closing a range of fds the forked child does not use;
-            // nothing in this (single-threaded) child holds them.
-            unsafe { libc::syscall(libc::SYS_close_range, lo, k as u32 - 1, 0) };
+        if k > lo {
+            ranges.push((lo, k - 1));
         }
-        lo = k as u32 + 1;
+        lo = k + 1;
     }
-    // SAFETY: as above, for the tail of the fd table.
-    unsafe { libc::syscall(libc::SYS_close_range, lo, u32::MAX, 0) };
+    ranges.push((lo, u32::MAX));
+    for (first, last) in ranges {
+        // SAFETY: closes fds this child does not use; nothing in this
+        // process holds them (the caller's contract).
+        let rc = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) };
+        if rc != 0 {
+            let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+                .current
+                .unwrap_or(1 << 20)
+                .min(1 << 20) as u32;
+            for fd in first..=last.min(limit) {
+                // SAFETY: as above, one fd at a time (EBADF for closed ones).
+                unsafe { libc::close(fd as RawFd) };
+            }
+        }
+    }
 }
 
 /// The path to exec for the Spawn start method: the very file this process

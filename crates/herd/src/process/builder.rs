@@ -279,9 +279,9 @@ impl<R: DeserializeOwned> ProcessBuilder<R> {
         self
     }
 
-    /// The program to execute for [`StartMethod::Spawn`] (Python's
-    /// `set_executable`); default: this very program. It must be the same
-    /// build, or the child refuses the task.
+    /// The program to execute (Python's `set_executable`); default: this
+    /// very program. Setting it implies [`StartMethod::Spawn`]. It must be the
+    /// same build, or the child refuses the task.
     pub fn executable(mut self, path: impl Into<PathBuf>) -> Self {
         self.executable = Some(path.into());
         self
@@ -347,8 +347,13 @@ impl<R: DeserializeOwned> ProcessBuilder<R> {
                 (s.pid, Link::Direct { pidfd: s.pidfd }, s.sock, written)
             }
             StartMethod::ForkServer => {
-                let (s, written) = forkserver::spawn_child(&self.stdio, &frame, &self.passed)
-                    .map_err(StartError::ForkServer)?;
+                let (s, written) = forkserver::spawn_child(
+                    &self.stdio,
+                    &frame,
+                    &self.passed,
+                    Instant::now().checked_add(self.bootstrap_timeout),
+                )
+                .map_err(StartError::ForkServer)?;
                 (
                     s.pid,
                     Link::Served {
@@ -362,7 +367,10 @@ impl<R: DeserializeOwned> ProcessBuilder<R> {
             }
         };
         drop(self.stdio);
-        let record = Arc::new(ChildRecord::new(pid, name, self.daemon, link));
+        // Without the duplicate (fd exhaustion) the exit handler cannot
+        // drain this child's socket; everything else still works.
+        let sock_dup = os::dup(stream.as_fd()).ok();
+        let record = Arc::new(ChildRecord::new(pid, name, self.daemon, link, sock_dup));
         let mut reader = FrameReader::default();
         match bootstrap(
             &record,
@@ -393,7 +401,8 @@ fn bootstrap(
 ) -> Result<(), StartError> {
     let pid = record.pid;
     let io_err = |source: io::Error| StartError::Bootstrap { pid, source };
-    let deadline = Instant::now() + timeout;
+    // `None`: no deadline (a timeout too large to represent).
+    let deadline = Instant::now().checked_add(timeout);
     let timed_out = StartError::BootstrapTimeout { pid, timeout };
     match protocol::write_all_deadline(stream, frame, deadline) {
         Ok(true) => {}
@@ -431,11 +440,11 @@ fn bootstrap(
                 ))),
             };
         }
-        if Instant::now() >= deadline {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
             return Err(timed_out);
         }
         let ready =
-            os::wait_readable(&[stream.as_fd(), record.pidfd()], Some(deadline)).map_err(io_err)?;
+            os::wait_readable(&[stream.as_fd(), record.pidfd()], deadline).map_err(io_err)?;
         if ready[1] && !ready[0] {
             // Exited without a word: drain once more, then report the death.
             reader.fill(stream).map_err(io_err)?;

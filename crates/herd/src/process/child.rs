@@ -2,11 +2,10 @@
 //! what [`current_process`] reports.
 
 use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::time::Duration;
 
 use super::error::Refusal;
 use super::protocol::{self, Reply, Request};
@@ -77,13 +76,18 @@ pub fn init() {
         eprintln!("herd: the bootstrap fds were not inherited; exiting");
         std::process::exit(3);
     };
-    match role {
+    // Nothing else the parent had open belongs to us (a pipe end held here
+    // would keep its reader from ever seeing end of file).
+    os::close_fds_except(3, &[sock.as_raw_fd(), parent.as_raw_fd()]);
+    // Whatever happens below, never unwind back into `main`: its body must
+    // not run in a child.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || match role {
         Role::Child if pdeathsig => {
             // The parent started us from its main thread, which lives as long
             // as the parent: the kernel's parent-death signal is exact, and
             // cheaper than a watchdog thread. Armed, then checked, so a parent
             // that died before the arming is noticed too.
-            let armed = os::kill_on_parent_death().is_ok()
+            let armed = os::kill_group_on_parent_death().is_ok()
                 && os::wait_readable(&[parent.as_fd()], Some(std::time::Instant::now()))
                     .is_ok_and(|r| !r[0]);
             if armed {
@@ -95,7 +99,9 @@ pub fn init() {
         }
         Role::Child => child_main(sock, Some(parent)),
         Role::ForkServer => super::forkserver::serve(sock, parent),
-    }
+    }));
+    let _ = outcome;
+    std::process::exit(3)
 }
 
 /// Whether `init()` has run in this process.
@@ -161,9 +167,18 @@ pub(crate) fn child_main(sock: OwnedFd, watch: Option<OwnedFd>) -> ! {
             Refusal::FingerprintMismatch { name: request.task },
         );
     }
-    let call = match ipc::provide_fds(passed, || (entry.prepare)(&request.args)) {
-        Ok(call) => call,
-        Err(reason) => refuse(&mut stream, Refusal::ArgsDecode { reason }),
+    // A `Deserialize` impl may panic; that is a refusal, not a crash.
+    let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ipc::provide_fds(passed, || (entry.prepare)(&request.args))
+    }));
+    let call = match prepared {
+        Ok(Ok(call)) => call,
+        Ok(Err(reason)) => refuse(&mut stream, Refusal::ArgsDecode { reason }),
+        Err(payload) => {
+            let report = task::PanicReport::from_payload(&*payload);
+            let reason = format!("deserializing the arguments {report}");
+            refuse(&mut stream, Refusal::ArgsDecode { reason })
+        }
     };
     let _ = IDENTITY.set(Identity {
         name: request.name,
@@ -196,7 +211,7 @@ fn refuse(stream: &mut UnixStream, refusal: Refusal) -> ! {
 }
 
 /// Watches the parent's pidfd on a thread of its own: when the parent dies,
-/// however it dies, SIGTERM this child's process group, then SIGKILL it.
+/// however it dies, SIGKILL this child's process group.
 fn start_watchdog(parent: OwnedFd) {
     let spawned = std::thread::Builder::new()
         .name("herd-watchdog".to_owned())
@@ -209,9 +224,9 @@ fn start_watchdog(parent: OwnedFd) {
                     Err(_) => break,
                 }
             }
-            os::signal_own_group(Signal::TERM);
-            // A grace period for SIGTERM handlers, then no mercy.
-            std::thread::sleep(Duration::from_millis(200));
+            // The parent is gone: the whole group goes, this child included
+            // (a SIGTERM first would end this thread with the child and
+            // leave the rest of the group running).
             os::signal_own_group(Signal::KILL);
         });
     if spawned.is_err() {

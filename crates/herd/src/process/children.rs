@@ -37,6 +37,9 @@ pub(crate) struct ChildRecord {
     status: Mutex<Option<ExitStatus>>,
     /// `join` has returned the outcome.
     joined: std::sync::atomic::AtomicBool,
+    /// A duplicate of our end of the bootstrap socket (non-blocking), for
+    /// the exit handler to drain.
+    sock: Option<OwnedFd>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -44,8 +47,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl ChildRecord {
-    pub(crate) fn new(pid: u32, name: String, daemon: bool, link: Link) -> Self {
+    pub(crate) fn new(
+        pid: u32,
+        name: String,
+        daemon: bool,
+        link: Link,
+        sock: Option<OwnedFd>,
+    ) -> Self {
         Self {
+            sock,
             pid,
             name,
             daemon,
@@ -62,6 +72,11 @@ impl ChildRecord {
             Link::Direct { pidfd } => pidfd.as_fd(),
             Link::Served { status, .. } => status.as_fd(),
         }
+    }
+
+    /// Whether this is our own child (not a forkserver's).
+    pub(crate) fn is_direct(&self) -> bool {
+        matches!(self.link, Link::Direct { .. })
     }
 
     /// The child's pidfd.
@@ -121,6 +136,31 @@ impl ChildRecord {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Waits for the child to exit, reading and discarding what it sends
+    /// on the bootstrap socket meanwhile.
+    fn wait_exit_draining(&self) -> io::Result<ExitStatus> {
+        let mut sock = self.sock.as_ref().map(AsFd::as_fd);
+        loop {
+            if let Some(st) = self.poll_exit()? {
+                return Ok(st);
+            }
+            let mut fds = vec![self.exit_fd()];
+            fds.extend(sock);
+            let ready = os::wait_readable(&fds, None)?;
+            if ready.get(1).copied().unwrap_or(false)
+                && let Some(s) = sock
+            {
+                match os::read_nonblocking(s, 64 * 1024) {
+                    // Data discarded, or nothing yet: keep going.
+                    Ok(Some(v)) if !v.is_empty() => {}
+                    Ok(None) => {}
+                    // End of file or an error: nothing more will come.
+                    Ok(Some(_)) | Err(_) => sock = None,
+                }
+            }
+        }
+    }
+
     /// Waits for the child to exit, until `deadline` (`None`: forever).
     pub(crate) fn wait_exit(&self, deadline: Option<Instant>) -> io::Result<Option<ExitStatus>> {
         loop {
@@ -141,13 +181,19 @@ impl ChildRecord {
             return Ok(());
         }
         match &self.link {
-            // Unreaped, so the pid (and the group id equal to it) is still ours.
+            // Unreaped, so the pid (and the group id equal to it) is still
+            // ours; the lock keeps a reap from racing the signal.
             Link::Direct { .. } => os::signal_group(self.pid, sig).map(|_| ()),
-            Link::Served { server, pidfd, .. } => match server.signal_group(self.pid, sig) {
-                Ok(()) => Ok(()),
-                // The forkserver is gone: at least reach the child itself.
-                Err(_) => os::pidfd_signal(pidfd.as_fd(), sig),
-            },
+            // The forkserver signals only children it has not reaped, so no
+            // lock is needed, and none is held across the request.
+            Link::Served { server, pidfd, .. } => {
+                drop(st);
+                match server.signal_group(self.pid, sig) {
+                    Ok(()) => Ok(()),
+                    // The forkserver is gone: at least reach the child itself.
+                    Err(_) => os::pidfd_signal(pidfd.as_fd(), sig),
+                }
+            }
         }
     }
 
@@ -197,7 +243,7 @@ impl ChildRecord {
         }
         self.signal_group(Signal::TERM)?;
         self.signal_group(Signal::CONT)?;
-        if let Some(st) = self.wait_exit(Some(Instant::now() + grace))? {
+        if let Some(st) = self.wait_exit(Instant::now().checked_add(grace))? {
             return Ok(st);
         }
         self.kill()
@@ -226,6 +272,7 @@ static CHILDREN: Mutex<Vec<Arc<ChildRecord>>> = Mutex::new(Vec::new());
 pub(crate) fn register(record: Arc<ChildRecord>) {
     static AT_EXIT: Once = Once::new();
     AT_EXIT.call_once(|| {
+        ARMED_BY.store(std::process::id(), std::sync::atomic::Ordering::SeqCst);
         // Without the handler, daemon children would still die with us
         // (their watchdog), only less politely; nothing to do on failure.
         let _ = os::at_exit(on_exit);
@@ -281,14 +328,23 @@ pub fn active_children() -> Vec<ChildInfo> {
         .collect()
 }
 
+/// The pid that armed the exit handler: a process forked from it without
+/// exec (say, by `daemon()`) inherits the handler but not the children.
+static ARMED_BY: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 /// The exit handler: terminate daemon children, then wait for the others
-/// (Python's order and behaviour).
+/// (Python's order and behaviour). While waiting it discards whatever a
+/// child still sends, so a child blocked writing a large result to a handle
+/// nobody will join can finish instead of hanging the exit.
 extern "C" fn on_exit() {
+    if ARMED_BY.load(std::sync::atomic::Ordering::SeqCst) != std::process::id() {
+        return;
+    }
     let children: Vec<Arc<ChildRecord>> = std::mem::take(&mut *lock(&CHILDREN));
     for c in children.iter().filter(|c| c.daemon) {
         let _ = c.terminate(Duration::from_secs(1));
     }
     for c in children.iter().filter(|c| !c.daemon) {
-        let _ = c.wait_exit(None);
+        let _ = c.wait_exit_draining();
     }
 }

@@ -20,6 +20,7 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -55,12 +56,19 @@ enum ServerReply {
     },
 }
 
+/// How long a request to the forkserver may take before the server is
+/// declared dead (it answers in microseconds when healthy).
+const SERVER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A connection to this process's forkserver.
 #[derive(Debug)]
 pub(crate) struct ForkServer {
     conn: Mutex<OwnedFd>,
     pid: u32,
-    _pidfd: OwnedFd,
+    pidfd: OwnedFd,
+    /// Set once a request failed in transport: the server is killed and
+    /// replaced, never trusted again.
+    dead: AtomicBool,
 }
 
 /// The forkserver of this process, started on first use and restarted if it
@@ -81,26 +89,49 @@ pub(crate) struct ServedChild {
     pub(crate) server: Arc<ForkServer>,
 }
 
+/// Why a request to the forkserver failed.
+#[derive(Debug)]
+enum CallError {
+    /// The conversation failed (the server died, hung or answered
+    /// nonsense); the server has been killed.
+    Transport(io::Error),
+    /// The server answered: it could not do it.
+    Refused(io::Error),
+}
+
+impl From<CallError> for io::Error {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Transport(e) | CallError::Refused(e) => e,
+        }
+    }
+}
+
 /// Starts a child through the forkserver (starting the server if needed).
-/// `first` is written to our end of the socket before the fork, as far as
-/// the socket buffer takes it; returns the child and the bytes written.
+/// `first` (with `passed` attached) is written to our end of the child's
+/// socket before the fork, as far as the socket buffer takes it; returns the
+/// child and the bytes written.
 pub(crate) fn spawn_child(
     stdio: &[Stdio; 3],
     first: &[u8],
     passed: &[OwnedFd],
+    deadline: Option<Instant>,
 ) -> io::Result<(ServedChild, usize)> {
     let fds = [
         stdio[0].as_fd_for(0)?,
         stdio[1].as_fd_for(1)?,
         stdio[2].as_fd_for(2)?,
     ];
-    let (ours, theirs) = os::stream_pair()?;
-    let mut ours = UnixStream::from(ours);
-    ours.set_nonblocking(true)?;
-    let written = super::protocol::write_some(&mut ours, first, passed)?;
-    for attempt in 0..2 {
+    let mut last = None;
+    for _ in 0..2 {
+        // A fresh socket per attempt: a child of a server that died may have
+        // read part of the request already.
+        let (ours, theirs) = os::stream_pair()?;
+        let mut ours = UnixStream::from(ours);
+        ours.set_nonblocking(true)?;
+        let written = super::protocol::write_some(&mut ours, first, passed)?;
         let server = current_server()?;
-        match server.request_spawn(&theirs, &fds) {
+        match server.request_spawn(&theirs, &fds, deadline) {
             Ok((pid, pidfd, status)) => {
                 let child = ServedChild {
                     pid,
@@ -111,31 +142,20 @@ pub(crate) fn spawn_child(
                 };
                 return Ok((child, written));
             }
-            Err(e) if attempt == 0 && is_dead_server(&e) => {
-                // The forkserver died (killed from outside?): start a new one.
-                let mut slot = lock(&SERVER);
-                if slot.as_ref().is_some_and(|s| Arc::ptr_eq(s, &server)) {
-                    *slot = None;
-                }
-            }
-            Err(e) => return Err(e),
+            // The server died or hung (and is now killed): start a new one.
+            Err(CallError::Transport(e)) => last = Some(e),
+            Err(CallError::Refused(e)) => return Err(e),
         }
     }
-    Err(io::Error::other("the forkserver keeps dying"))
-}
-
-fn is_dead_server(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof
-    )
+    Err(last.unwrap_or_else(|| io::Error::other("the forkserver keeps failing")))
 }
 
 fn current_server() -> io::Result<Arc<ForkServer>> {
     let mut slot = lock(&SERVER);
-    if let Some(s) = slot.as_ref() {
+    if let Some(s) = slot.as_ref().filter(|s| !s.dead.load(Ordering::SeqCst)) {
         return Ok(Arc::clone(s));
     }
+    *slot = None;
     let (started, _) = spawn::spawn(
         &os::self_exe(),
         Role::ForkServer,
@@ -143,73 +163,115 @@ fn current_server() -> io::Result<Arc<ForkServer>> {
         &[],
         &[],
     )?;
-    // The server only speaks SEQPACKET; the stream pair from `spawn` carries
-    // one message: the server's end of a fresh SEQPACKET pair.
-    let (ours, theirs) = os::seqpacket_pair()?;
-    os::send_with_fds(started.sock.as_fd(), b"S", &[theirs.as_fd()])?;
-    let server = Arc::new(ForkServer {
-        conn: Mutex::new(ours),
+    let server = ForkServer {
+        conn: Mutex::new(started.sock.into()),
         pid: started.pid,
-        _pidfd: started.pidfd,
-    });
+        pidfd: started.pidfd,
+        dead: AtomicBool::new(false),
+    };
+    // The server speaks SEQPACKET; the stream from `spawn` carries one
+    // message: the server's end of a fresh SEQPACKET pair. On failure,
+    // dropping `server` kills and reaps the process just started.
+    let (ours, theirs) = os::seqpacket_pair()?;
+    os::send_with_fds(lock(&server.conn).as_fd(), b"S", &[theirs.as_fd()])?;
+    *lock(&server.conn) = ours;
+    let server = Arc::new(server);
     *slot = Some(Arc::clone(&server));
     Ok(server)
 }
 
 impl ForkServer {
+    /// One request and its reply, before `deadline`. Any transport failure
+    /// kills the server: a half-finished conversation cannot be resumed.
     fn call(
         &self,
         req: &ServerRequest,
         fds: &[BorrowedFd<'_>],
-    ) -> io::Result<(ServerReply, Vec<OwnedFd>)> {
-        let body = crate::task::encode(req).map_err(io::Error::other)?;
+        deadline: Option<Instant>,
+    ) -> Result<(ServerReply, Vec<OwnedFd>), CallError> {
+        let body =
+            crate::task::encode(req).map_err(|e| CallError::Transport(io::Error::other(e)))?;
         let conn = lock(&self.conn);
-        os::send_with_fds(conn.as_fd(), &body, fds)?;
-        let mut buf = [0u8; 256];
-        let (n, got) = os::recv_with_fds(conn.as_fd(), &mut buf)?;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
+        if self.dead.load(Ordering::SeqCst) {
+            return Err(CallError::Transport(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the forkserver died",
+            )));
         }
-        let reply = crate::task::decode(&buf[..n])
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        Ok((reply, got))
+        let result = (|| {
+            os::send_with_fds(conn.as_fd(), &body, fds)?;
+            if !os::wait_readable(&[conn.as_fd()], deadline)?[0] {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the forkserver did not answer in time",
+                ));
+            }
+            let mut buf = [0u8; 256];
+            let (n, got) = os::recv_with_fds(conn.as_fd(), &mut buf)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the forkserver died",
+                ));
+            }
+            let reply = crate::task::decode(&buf[..n])
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            Ok((reply, got))
+        })();
+        result.map_err(|e| {
+            self.kill();
+            CallError::Transport(e)
+        })
+    }
+
+    /// Marks the server dead and kills it (it is reaped on drop).
+    fn kill(&self) {
+        self.dead.store(true, Ordering::SeqCst);
+        let _ = os::pidfd_signal(self.pidfd.as_fd(), Signal::KILL);
     }
 
     fn request_spawn(
         &self,
         sock: &OwnedFd,
         stdio: &[BorrowedFd<'_>; 3],
-    ) -> io::Result<(u32, OwnedFd, OwnedFd)> {
+        deadline: Option<Instant>,
+    ) -> Result<(u32, OwnedFd, OwnedFd), CallError> {
         let fds = [sock.as_fd(), stdio[0], stdio[1], stdio[2]];
-        let (reply, got) = self.call(&ServerRequest::Spawn, &fds)?;
+        let (reply, got) = self.call(&ServerRequest::Spawn, &fds, deadline)?;
         match reply {
             ServerReply::Spawned { pid } => {
                 let mut got = got.into_iter();
                 match (got.next(), got.next()) {
                     (Some(pidfd), Some(status)) => Ok((pid, pidfd, status)),
-                    _ => Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "forkserver reply lacks fds",
-                    )),
+                    _ => {
+                        self.kill();
+                        Err(CallError::Transport(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "forkserver reply lacks fds",
+                        )))
+                    }
                 }
             }
-            ServerReply::SpawnFailed { errno } => Err(io::Error::from_raw_os_error(errno)),
-            other => Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("unexpected forkserver reply {other:?}"),
-            )),
+            ServerReply::SpawnFailed { errno } => {
+                Err(CallError::Refused(io::Error::from_raw_os_error(errno)))
+            }
+            other => {
+                self.kill();
+                Err(CallError::Transport(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("unexpected forkserver reply {other:?}"),
+                )))
+            }
         }
     }
 
     /// Signals the group of child `pid`, if the server has not reaped it.
     pub(crate) fn signal_group(&self, pid: u32, sig: Signal) -> io::Result<()> {
-        let (reply, _) = self.call(
-            &ServerRequest::SignalGroup {
-                pid,
-                signal: sig.as_raw(),
-            },
-            &[],
-        )?;
+        let req = ServerRequest::SignalGroup {
+            pid,
+            signal: sig.as_raw(),
+        };
+        let (reply, _) = self.call(&req, &[], Instant::now().checked_add(SERVER_TIMEOUT))?;
         match reply {
             ServerReply::Signalled { .. } => Ok(()),
             ServerReply::SignalFailed { errno } => Err(io::Error::from_raw_os_error(errno)),
@@ -221,10 +283,29 @@ impl ForkServer {
     }
 }
 
+impl Drop for ForkServer {
+    /// The server is our own child: make sure it is gone, then reap it, so a
+    /// replaced server never lingers as a zombie.
+    fn drop(&mut self) {
+        let _ = os::pidfd_signal(self.pidfd.as_fd(), Signal::KILL);
+        if os::wait_readable(
+            &[self.pidfd.as_fd()],
+            Some(Instant::now() + Duration::from_secs(5)),
+        )
+        .is_ok()
+        {
+            let _ = os::reap_nohang(self.pidfd.as_fd());
+        }
+    }
+}
+
 /// The pid of this process's forkserver, if one is running (for diagnostics:
 /// `ps`, or a test that kills it to check that herd starts a new one).
 pub fn forkserver_pid() -> Option<u32> {
-    lock(&SERVER).as_ref().map(|s| s.pid)
+    lock(&SERVER)
+        .as_ref()
+        .filter(|s| !s.dead.load(Ordering::SeqCst))
+        .map(|s| s.pid)
 }
 
 /// Status pipe encoding: kind (0 exited, 1 signalled) and value.
@@ -278,6 +359,19 @@ pub(crate) fn serve(boot: OwnedFd, parent_pidfd: OwnedFd) -> ! {
         _ => os::exit_now(3),
     };
     drop(boot);
+    // Forking is sound only with one thread. There is more than one if
+    // something started threads before `herd::init()` (an async runtime's
+    // `#[main]` attribute does): refuse rather than fork unsoundly.
+    let threads = std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(1);
+    if threads != 1 {
+        eprintln!(
+            "herd: the forkserver has {threads} threads: herd::init() must run before any thread \
+             starts (call it first in a plain `fn main`, before starting an async runtime)"
+        );
+        os::exit_now(4);
+    }
     // Work every child would repeat, done once before any fork.
     crate::task::install_panic_hook();
     let _ = crate::task::build_id();
@@ -467,7 +561,7 @@ impl Server {
 /// A spare child: set up, then wait for the bootstrap socket and stdio.
 fn spare_main(server: u32, ctl: OwnedFd) -> ! {
     let ready = os::new_process_group().is_ok()
-        && os::kill_on_parent_death().is_ok()
+        && os::kill_group_on_parent_death().is_ok()
         && os::getppid() == server;
     if !ready {
         os::exit_now(3);
@@ -491,5 +585,9 @@ fn spare_main(server: u32, ctl: OwnedFd) -> ! {
         os::exit_now(3);
     }
     drop((i, o, e));
-    super::child::child_main(sock, None)
+    // Never unwind into the server's frames (their fds are closed here).
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        super::child::child_main(sock, None)
+    }));
+    os::exit_now(3)
 }

@@ -130,7 +130,8 @@ impl<T: DeserializeOwned> Process<T> {
 
     /// Waits at most `timeout`; `Ok(None)` if the child is still running.
     pub fn join_timeout(&mut self, timeout: Duration) -> Result<Option<T>, ProcessError> {
-        self.join_until(Some(Instant::now() + timeout))
+        // A timeout too large to represent is no timeout.
+        self.join_until(Instant::now().checked_add(timeout))
     }
 
     /// Waits until `deadline`; `Ok(None)` if the child is still running.
@@ -168,6 +169,11 @@ impl<T: DeserializeOwned> Process<T> {
             if ended {
                 self.joined = true;
                 self.record.mark_joined();
+                // Our own child is reaped now (a forkserver's is reaped by
+                // the forkserver; its status is collected on demand).
+                if self.record.is_direct() {
+                    let _ = self.record.poll_exit();
+                }
                 return self.finish(None).map(Some);
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -230,6 +236,16 @@ impl<T: DeserializeOwned> Process<T> {
                 None => ProcessError::StatusLost { pid },
             }),
         }
+    }
+}
+
+impl<T> Drop for Process<T> {
+    /// Nobody can receive the child's result any more: shut the socket, so
+    /// a child blocked writing a large result fails its write and exits
+    /// instead of waiting for a reader that will never come. The child
+    /// itself runs on (see the type's docs).
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
 }
 

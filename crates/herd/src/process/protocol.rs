@@ -92,14 +92,14 @@ pub(crate) fn read_frame_blocking(stream: &mut UnixStream) -> io::Result<(Vec<u8
 pub(crate) fn write_all_deadline(
     stream: &mut UnixStream,
     mut bytes: &[u8],
-    deadline: Instant,
+    deadline: Option<Instant>,
 ) -> io::Result<bool> {
     while !bytes.is_empty() {
         match stream.write(bytes) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => bytes = &bytes[n..],
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if !os::wait_writable(stream.as_fd(), Some(deadline))? {
+                if !os::wait_writable(stream.as_fd(), deadline)? {
                     return Ok(false);
                 }
             }

@@ -93,7 +93,14 @@ pub(crate) fn spawn(
     )?;
     drop(theirs);
     // Our own unreaped child: its pid cannot be reused before we reap it.
-    let pidfd = os::pidfd_open(pid)?;
+    let pidfd = match os::pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(e) => {
+            // Out of fds, say: do not leave an untracked child behind.
+            os::kill_and_reap_raw(pid);
+            return Err(e);
+        }
+    };
     Ok((
         Started {
             pid,
