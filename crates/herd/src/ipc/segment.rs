@@ -9,8 +9,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 
-use rustix::fs::{MemfdFlags, SealFlags};
-use rustix::mm::{MapFlags, ProtFlags};
+use crate::os;
 
 /// A shared-memory segment mapped into this process.
 #[derive(Debug)]
@@ -33,53 +32,22 @@ impl Segment {
         if len == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty segment"));
         }
-        let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
-        rustix::fs::ftruncate(&fd, len as u64)?;
-        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
-        Self::map(fd, len)
+        let fd = os::memfd_sealed(name, len)?;
+        let ptr = os::map_shared(fd.as_fd(), len)?;
+        Ok(Self { fd, ptr, len })
     }
 
     /// Maps a segment received from another process, checking that it is a
     /// sealed memfd of at least `min_len` bytes.
     pub(crate) fn open(fd: OwnedFd, min_len: usize) -> io::Result<Self> {
-        let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                "not a herd shared-memory segment",
-            )
-        })?;
-        if !seals.contains(SealFlags::SHRINK) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "shared-memory segment is not sealed",
-            ));
-        }
-        let len = usize::try_from(rustix::fs::fstat(&fd)?.st_size)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad segment size"))?;
+        let len = os::sealed_memfd_len(fd.as_fd())?;
         if len < min_len {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("shared-memory segment of {len} bytes, expected at least {min_len}"),
             ));
         }
-        Self::map(fd, len)
-    }
-
-    fn map(fd: OwnedFd, len: usize) -> io::Result<Self> {
-        // SAFETY: a fresh shared mapping of the whole memfd, at an address
-        // the kernel chooses; nothing else aliases it in this process.
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-                &fd,
-                0,
-            )?
-        };
-        let ptr =
-            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        let ptr = os::map_shared(fd.as_fd(), len)?;
         Ok(Self { fd, ptr, len })
     }
 
@@ -96,9 +64,9 @@ impl Segment {
 
 impl Drop for Segment {
     fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` are exactly the mapping made in `map`, and the
-        // segment is being dropped, so no reference into it outlives this.
-        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+        // SAFETY: `ptr`/`len` are exactly the mapping made at creation or
+        // open, and the segment is being dropped, so nothing uses it after.
+        unsafe { os::unmap(self.ptr, self.len) };
     }
 }
 
@@ -119,7 +87,9 @@ mod tests {
         let file: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
         assert!(Segment::open(file, 1).is_err());
         assert!(
-            rustix::fs::ftruncate(a.fd(), 100).is_err(),
+            std::fs::File::from(a.fd().try_clone_to_owned().unwrap())
+                .set_len(100)
+                .is_err(),
             "size is sealed"
         );
     }

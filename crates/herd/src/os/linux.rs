@@ -651,3 +651,71 @@ pub(crate) fn spawn_program(
     }
     result
 }
+
+/// Errno values herd reports across the forkserver conversation.
+pub(crate) mod errno {
+    pub(crate) const EIO: i32 = libc::EIO;
+    pub(crate) const EINVAL: i32 = libc::EINVAL;
+}
+
+/// Writes all of `bytes` with one `write` (a pipe write of at most
+/// `PIPE_BUF` bytes is atomic).
+pub(crate) fn write_once(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> {
+    Ok(rustix::io::write(fd, bytes)?)
+}
+
+/// A zero-filled anonymous shared-memory file of `len` bytes whose size is
+/// sealed (it can neither shrink nor grow).
+pub(crate) fn memfd_sealed(name: &str, len: usize) -> io::Result<OwnedFd> {
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+    rustix::fs::ftruncate(&fd, len as u64)?;
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
+    Ok(fd)
+}
+
+/// The size of a sealed memfd; an error if `fd` is not one.
+pub(crate) fn sealed_memfd_len(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let seals = rustix::fs::fcntl_get_seals(fd).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a herd shared-memory segment",
+        )
+    })?;
+    if !seals.contains(rustix::fs::SealFlags::SHRINK) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "shared-memory segment is not sealed",
+        ));
+    }
+    usize::try_from(rustix::fs::fstat(fd)?.st_size)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad segment size"))
+}
+
+/// Maps `len` bytes of `fd` shared, readable and writable.
+pub(crate) fn map_shared(fd: BorrowedFd<'_>, len: usize) -> io::Result<std::ptr::NonNull<u8>> {
+    use rustix::mm::{MapFlags, ProtFlags};
+    // SAFETY: a fresh shared mapping at an address the kernel chooses;
+    // nothing else aliases it in this process.
+    let ptr = unsafe {
+        rustix::mm::mmap(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::SHARED,
+            fd,
+            0,
+        )?
+    };
+    std::ptr::NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))
+}
+
+/// Unmaps a mapping made by [`map_shared`].
+///
+/// # Safety
+/// `ptr`/`len` must be exactly one mapping from [`map_shared`], and nothing
+/// may use it afterwards.
+pub(crate) unsafe fn unmap(ptr: std::ptr::NonNull<u8>, len: usize) {
+    // SAFETY: forwarded to the caller's contract.
+    let _ = unsafe { rustix::mm::munmap(ptr.as_ptr().cast(), len) };
+}

@@ -435,7 +435,7 @@ impl Server {
             for i in exited.into_iter().rev() {
                 if let Ok(Some(st)) = os::reap_nohang(self.children[i].pidfd.as_fd()) {
                     let c = self.children.swap_remove(i);
-                    let _ = rustix::io::write(&c.status, &encode_status(st));
+                    let _ = os::write_once(c.status.as_fd(), &encode_status(st));
                 }
             }
             if ready[0] {
@@ -466,18 +466,18 @@ impl Server {
                     return;
                 }
                 Err(e) => ServerReply::SpawnFailed {
-                    errno: e.raw_os_error().unwrap_or(libc::EIO),
+                    errno: e.raw_os_error().unwrap_or(os::errno::EIO),
                 },
             },
             Ok(ServerRequest::Spawn) => ServerReply::SpawnFailed {
-                errno: libc::EINVAL,
+                errno: os::errno::EINVAL,
             },
             Ok(ServerRequest::SignalGroup { pid, signal }) => {
                 if self.children.iter().any(|c| c.pid == pid) {
                     match os::signal_group(pid, Signal::from_raw(signal)) {
                         Ok(delivered) => ServerReply::Signalled { delivered },
                         Err(e) => ServerReply::SignalFailed {
-                            errno: e.raw_os_error().unwrap_or(libc::EIO),
+                            errno: e.raw_os_error().unwrap_or(os::errno::EIO),
                         },
                     }
                 } else {
@@ -485,7 +485,7 @@ impl Server {
                 }
             }
             Err(_) => ServerReply::SignalFailed {
-                errno: libc::EINVAL,
+                errno: os::errno::EINVAL,
             },
         };
         let body = crate::task::encode(&reply).unwrap_or_default();
