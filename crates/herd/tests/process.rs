@@ -170,9 +170,9 @@ fn add_to_shared(total: herd::sync::Value<u64>, n: u64) -> u64 {
 }
 
 #[herd::task]
-fn set_flag(flag: herd::sync::Value<bool>, counter: herd::sync::Value<i32>) {
+fn set_flag(flag: herd::sync::Value<u8>, counter: herd::sync::Value<i32>) {
     counter.set(-7);
-    flag.set(true);
+    flag.set(1);
 }
 
 /// Panics while being deserialized.
@@ -670,16 +670,13 @@ fn shared_value_crosses_processes() -> Result<(), Failed> {
         a.join()?;
         b.join()?;
         check(total.get() == 1000, format!("total {}", total.get()))?;
-        let (flag, counter) = (
-            herd::sync::Value::new(false)?,
-            herd::sync::Value::new(0i32)?,
-        );
+        let (flag, counter) = (herd::sync::Value::new(0u8)?, herd::sync::Value::new(0i32)?);
         let mut c = Process::builder(set_flag, (flag.clone(), counter.clone()))
             .start_method(m)
             .start()?;
         c.join()?;
         check(
-            flag.get() && counter.get() == -7,
+            flag.get() == 1 && counter.get() == -7,
             "two values, both updated",
         )
     })

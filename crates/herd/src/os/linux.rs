@@ -719,3 +719,82 @@ pub(crate) unsafe fn unmap(ptr: std::ptr::NonNull<u8>, len: usize) {
     // SAFETY: forwarded to the caller's contract.
     let _ = unsafe { rustix::mm::munmap(ptr.as_ptr().cast(), len) };
 }
+
+/// The calling thread's kernel thread id.
+pub(crate) fn gettid() -> u32 {
+    rustix::thread::gettid().as_raw_nonzero().get() as u32
+}
+
+/// Sleeps while `word` holds `expected`, until woken or `deadline`. A shared
+/// (not process-private) futex, so it works across processes on shared
+/// memory. Returns on a wake, a changed value, a signal or the deadline; the
+/// caller re-checks its condition.
+pub(crate) fn futex_wait(
+    word: &std::sync::atomic::AtomicU32,
+    expected: u32,
+    deadline: Option<Instant>,
+) {
+    let timeout = deadline.map(|d| {
+        let left = d.saturating_duration_since(Instant::now());
+        Timespec {
+            tv_sec: left.as_secs() as i64,
+            tv_nsec: i64::from(left.subsec_nanos()),
+        }
+    });
+    let _ = rustix::thread::futex::wait(
+        word,
+        rustix::thread::futex::Flags::empty(),
+        expected,
+        timeout.as_ref(),
+    );
+}
+
+/// "Every waiter" for [`futex_wake`] (the kernel reads the count as an
+/// `int`: `u32::MAX` would be -1 and wake only one).
+pub(crate) const WAKE_ALL: u32 = i32::MAX as u32;
+
+/// Wakes up to `n` waiters of `word` (in any process); `n` is capped at
+/// [`WAKE_ALL`].
+pub(crate) fn futex_wake(word: &std::sync::atomic::AtomicU32, n: u32) {
+    let _ =
+        rustix::thread::futex::wake(word, rustix::thread::futex::Flags::empty(), n.min(WAKE_ALL));
+}
+
+/// Bits of a robust futex word, as the kernel reads them.
+pub(crate) mod robust {
+    /// Some thread sleeps on the word.
+    pub(crate) const WAITERS: u32 = 0x8000_0000;
+    /// The owner died holding it (set by the kernel).
+    pub(crate) const OWNER_DIED: u32 = 0x4000_0000;
+    /// The owner's thread id.
+    pub(crate) const TID_MASK: u32 = 0x3fff_ffff;
+    /// Offset of the futex word from a list entry (glibc's layout, which the
+    /// kernel is told through `set_robust_list`).
+    pub(crate) const FUTEX_OFFSET: isize = -32;
+}
+
+/// The calling thread's robust-list head, as registered with the kernel by
+/// the C library (`get_robust_list`); `None` if there is none or it does not
+/// have the layout herd relies on (glibc's: 24 bytes, futex offset -32,
+/// a `prev` pointer just before the head).
+pub(crate) fn robust_list_head() -> Option<*mut usize> {
+    let mut head: *mut usize = std::ptr::null_mut();
+    let mut len: libc::size_t = 0;
+    // SAFETY: `get_robust_list(0, ..)` writes the calling thread's head
+    // pointer and its length into the two out-pointers.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_get_robust_list,
+            0,
+            &mut head as *mut *mut usize,
+            &mut len as *mut libc::size_t,
+        )
+    };
+    if rc != 0 || head.is_null() || len != 24 {
+        return None;
+    }
+    // SAFETY: the kernel says `head` is this thread's 24-byte robust list
+    // head; its second word is the futex offset.
+    let offset = unsafe { head.add(1).cast::<isize>().read() };
+    (offset == robust::FUTEX_OFFSET).then_some(head)
+}

@@ -1,32 +1,30 @@
-//! [`Value`]: one plain value in shared memory, visible to every process
-//! it is passed to — Python's `multiprocessing.Value` without the lock.
+//! [`Value`] and [`Array`]: plain data in shared memory, each with its own
+//! robust lock — Python's `multiprocessing.Value` and `Array`.
 
+use std::any::type_name;
 use std::fmt;
 use std::io;
 use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
+use bytemuck::Pod;
 use serde::de::Error as _;
-use serde::ser::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::ipc::{self, Segment};
-
-const MAGIC: u32 = u32::from_le_bytes(*b"HRDV");
-const VERSION: u32 = 1;
-/// The value lives one cache line after the header.
-const VALUE_OFFSET: usize = 64;
+use super::lock::{LOCK_BODY, LockCore, LockResult};
+use super::shared::{Kind, Region};
 
 mod sealed {
     pub trait Sealed {}
 }
 
-/// A plain type whose values [`Value`] can load and store atomically: the
-/// integer types and `bool`. Sealed: herd implements it for exactly those.
-pub trait AtomicPlain: Copy + Send + Sync + fmt::Debug + 'static + sealed::Sealed {
-    #[doc(hidden)]
-    fn tag() -> u64;
+/// A plain type whose values can be loaded and stored atomically in shared
+/// memory: the integer types. Sealed. (`bool` is not plain data — another
+/// process could leave any byte there — so a flag is a `Value<u8>`.)
+pub trait AtomicPlain: Pod + Send + Sync + fmt::Debug + sealed::Sealed {
     #[doc(hidden)]
     /// # Safety
     /// `p` is valid, aligned for `Self`, and only accessed atomically.
@@ -45,7 +43,7 @@ pub trait AtomicPlain: Copy + Send + Sync + fmt::Debug + 'static + sealed::Seale
     unsafe fn compare_exchange(p: *mut u8, current: Self, new: Self) -> Result<Self, Self>;
 }
 
-/// An [`AtomicPlain`] integer: [`Value::fetch_add`] and [`Value::fetch_sub`].
+/// An [`AtomicPlain`] integer: `fetch_add` and `fetch_sub`.
 pub trait AtomicInteger: AtomicPlain {
     #[doc(hidden)]
     /// # Safety
@@ -57,13 +55,10 @@ pub trait AtomicInteger: AtomicPlain {
     unsafe fn fetch_sub(p: *mut u8, v: Self) -> Self;
 }
 
-macro_rules! atomic_plain {
-    ($t:ty, $a:ty, $tag:literal) => {
+macro_rules! atomic_integer {
+    ($($t:ty => $a:ty),* $(,)?) => {$(
         impl sealed::Sealed for $t {}
         impl AtomicPlain for $t {
-            fn tag() -> u64 {
-                $tag
-            }
             unsafe fn load(p: *mut u8) -> Self {
                 // SAFETY: forwarded to the caller's contract.
                 unsafe { <$a>::from_ptr(p.cast()) }.load(Ordering::SeqCst)
@@ -78,20 +73,9 @@ macro_rules! atomic_plain {
             }
             unsafe fn compare_exchange(p: *mut u8, current: Self, new: Self) -> Result<Self, Self> {
                 // SAFETY: forwarded to the caller's contract.
-                unsafe { <$a>::from_ptr(p.cast()) }.compare_exchange(
-                    current,
-                    new,
-                    Ordering::SeqCst,
-                    Ordering::SeqCst,
-                )
+                unsafe { <$a>::from_ptr(p.cast()) }.compare_exchange(current, new, Ordering::SeqCst, Ordering::SeqCst)
             }
         }
-    };
-}
-
-macro_rules! atomic_integer {
-    ($t:ty, $a:ty, $tag:literal) => {
-        atomic_plain!($t, $a, $tag);
         impl AtomicInteger for $t {
             unsafe fn fetch_add(p: *mut u8, v: Self) -> Self {
                 // SAFETY: forwarded to the caller's contract.
@@ -102,32 +86,59 @@ macro_rules! atomic_integer {
                 unsafe { <$a>::from_ptr(p.cast()) }.fetch_sub(v, Ordering::SeqCst)
             }
         }
-    };
+    )*};
 }
 
 use std::sync::atomic as a;
-atomic_plain!(bool, a::AtomicBool, 1);
-atomic_integer!(u8, a::AtomicU8, 2);
-atomic_integer!(i8, a::AtomicI8, 3);
-atomic_integer!(u16, a::AtomicU16, 4);
-atomic_integer!(i16, a::AtomicI16, 5);
-atomic_integer!(u32, a::AtomicU32, 6);
-atomic_integer!(i32, a::AtomicI32, 7);
-atomic_integer!(u64, a::AtomicU64, 8);
-atomic_integer!(i64, a::AtomicI64, 9);
-atomic_integer!(usize, a::AtomicUsize, 10);
-atomic_integer!(isize, a::AtomicIsize, 11);
+atomic_integer!(
+    u8 => a::AtomicU8, i8 => a::AtomicI8, u16 => a::AtomicU16, i16 => a::AtomicI16,
+    u32 => a::AtomicU32, i32 => a::AtomicI32, u64 => a::AtomicU64, i64 => a::AtomicI64,
+    usize => a::AtomicUsize, isize => a::AtomicIsize,
+);
 
-/// One value of type `T` in shared memory. Clones, and copies passed to
-/// child processes as task arguments, all see the same value.
+/// A stable tag for `T`, so a child refuses a region holding another type.
+fn tag<T>() -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in type_name::<T>()
+        .bytes()
+        .chain((std::mem::size_of::<T>() as u64).to_le_bytes())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Bytes for `n` values of `T`, rounded up to a cache line.
+fn bytes_for<T>(n: usize) -> Option<usize> {
+    n.checked_mul(std::mem::size_of::<T>())?
+        .checked_add(63)
+        .map(|b| b & !63)
+        .map(|b| b.max(64))
+}
+
+const fn check_align<T>() {
+    assert!(
+        std::mem::align_of::<T>() <= 64,
+        "herd shared data must be aligned to at most 64 bytes"
+    );
+}
+
+/// One plain value of type `T` in shared memory, with its own robust lock.
+/// Clones, and copies passed to child processes as task arguments, all see
+/// the same value.
 ///
-/// Each [`get`](Self::get) and [`set`](Self::set) is atomic on its own, but
-/// `v.set(v.get() + 1)` is a read-modify-write that races, exactly like
-/// Python's `v.value += 1` without `get_lock()`; [`fetch_add`](Self::fetch_add)
-/// and [`compare_exchange`](Self::compare_exchange) do not race.
+/// Three ways in, as in Python:
+/// * [`get`](Self::get) / [`set`](Self::set) without the lock
+///   (`lock=False`): each is one copy, but `v.set(v.get() + 1)` from two
+///   processes loses updates — the seed's S9 race;
+/// * [`lock`](Self::lock): a guard that derefs to the value
+///   (`get_lock()`), robust like [`Lock`](super::Lock);
+/// * for integers, atomic helpers (`fetch_add`, `compare_exchange`…).
 ///
-/// The memory is an anonymous `memfd`: nothing is left in `/dev/shm`, even
-/// after a crash.
+/// `T` is any [`bytemuck::Pod`] type (derive it with `bytemuck`'s derive
+/// macros for your own `#[repr(C)]` structs). The memory is an anonymous
+/// memfd: nothing is left in `/dev/shm`, even after a crash.
 ///
 /// ```
 /// use herd::sync::Value;
@@ -135,7 +146,7 @@ atomic_integer!(isize, a::AtomicIsize, 11);
 /// #[herd::task]
 /// fn add_many(total: Value<u64>, n: u64) {
 ///     for _ in 0..n {
-///         total.fetch_add(1);
+///         *total.lock().unwrap() += 1;
 ///     }
 /// }
 ///
@@ -149,132 +160,390 @@ atomic_integer!(isize, a::AtomicIsize, 11);
 ///     assert_eq!(total.get(), 2000);
 /// }
 /// ```
-pub struct Value<T: AtomicPlain> {
-    seg: Arc<Segment>,
+pub struct Value<T: Pod> {
+    core: Arc<LockCore>,
     _t: PhantomData<T>,
 }
 
-impl<T: AtomicPlain> Value<T> {
+impl<T: Pod> Value<T> {
     /// A new shared value.
     pub fn new(initial: T) -> io::Result<Self> {
-        let seg = Segment::create("herd-value", VALUE_OFFSET + 64)?;
-        let p = seg.as_ptr();
-        // SAFETY: the segment is fresh, page-aligned, at least 128 bytes,
-        // and not yet shared: plain writes of the header are race-free.
-        unsafe {
-            p.cast::<u32>().write(MAGIC);
-            p.add(4).cast::<u32>().write(VERSION);
-            p.add(8).cast::<u64>().write(T::tag());
-        }
+        const { check_align::<T>() };
+        let len = bytes_for::<T>(1)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "value too large"))?;
         let v = Self {
-            seg: Arc::new(seg),
+            core: LockCore::new(Kind::Value, false, tag::<T>(), len)?,
             _t: PhantomData,
         };
         v.set(initial);
         Ok(v)
     }
 
-    fn slot(&self) -> *mut u8 {
-        // SAFETY: VALUE_OFFSET + 64 <= len, checked at creation and open.
-        unsafe { self.seg.as_ptr().add(VALUE_OFFSET) }
+    fn ptr(&self) -> *mut T {
+        self.core.extra().cast()
     }
 
-    /// The current value.
+    /// The value, read without the lock.
     pub fn get(&self) -> T {
-        // SAFETY: the slot is 64-byte aligned and only accessed atomically.
-        unsafe { T::load(self.slot()) }
+        // SAFETY: the data area holds one `T` (checked at creation/open),
+        // aligned (64 ≥ align_of::<T>()); volatile because other processes
+        // write it behind the compiler's back; `T: Pod` has no invalid bits.
+        unsafe { self.ptr().read_volatile() }
     }
 
-    /// Replaces the value.
+    /// Replaces the value without the lock.
     pub fn set(&self, v: T) {
         // SAFETY: as in `get`.
-        unsafe { T::store(self.slot(), v) }
+        unsafe { self.ptr().write_volatile(v) }
     }
 
-    /// Replaces the value, returning the old one.
+    /// Takes the value's lock; the guard derefs to the value.
+    pub fn lock(&self) -> LockResult<ValueGuard<'_, T>> {
+        self.take(None)
+    }
+
+    /// Takes the value's lock, waiting at most `timeout`.
+    pub fn lock_timeout(&self, timeout: Duration) -> LockResult<ValueGuard<'_, T>> {
+        self.take(Instant::now().checked_add(timeout))
+    }
+
+    fn take(&self, deadline: Option<Instant>) -> LockResult<ValueGuard<'_, T>> {
+        let guard = || ValueGuard {
+            value: self,
+            _not_send: PhantomData,
+        };
+        self.core
+            .acquire(deadline, true)
+            .map(|()| guard())
+            .map_err(|e| e.map_guard(|()| guard()))
+    }
+}
+
+impl<T: AtomicPlain> Value<T> {
+    /// Atomically reads the value.
+    pub fn load(&self) -> T {
+        // SAFETY: the slot holds one aligned `T`, accessed atomically here.
+        unsafe { T::load(self.ptr().cast()) }
+    }
+
+    /// Atomically replaces the value.
+    pub fn store(&self, v: T) {
+        // SAFETY: as in `load`.
+        unsafe { T::store(self.ptr().cast(), v) }
+    }
+
+    /// Atomically replaces the value, returning the old one.
     pub fn swap(&self, v: T) -> T {
-        // SAFETY: as in `get`.
-        unsafe { T::swap(self.slot(), v) }
+        // SAFETY: as in `load`.
+        unsafe { T::swap(self.ptr().cast(), v) }
     }
 
     /// Stores `new` if the value is `current`; returns the previous value,
     /// as `Ok` if it was `current` and `Err` if not.
     pub fn compare_exchange(&self, current: T, new: T) -> Result<T, T> {
-        // SAFETY: as in `get`.
-        unsafe { T::compare_exchange(self.slot(), current, new) }
+        // SAFETY: as in `load`.
+        unsafe { T::compare_exchange(self.ptr().cast(), current, new) }
     }
 }
 
 impl<T: AtomicInteger> Value<T> {
-    /// Adds `v` (wrapping), returning the previous value.
+    /// Atomically adds `v` (wrapping), returning the previous value.
     pub fn fetch_add(&self, v: T) -> T {
-        // SAFETY: as in `get`.
-        unsafe { T::fetch_add(self.slot(), v) }
+        // SAFETY: as in `load`.
+        unsafe { T::fetch_add(self.ptr().cast(), v) }
     }
 
-    /// Subtracts `v` (wrapping), returning the previous value.
+    /// Atomically subtracts `v` (wrapping), returning the previous value.
     pub fn fetch_sub(&self, v: T) -> T {
-        // SAFETY: as in `get`.
-        unsafe { T::fetch_sub(self.slot(), v) }
+        // SAFETY: as in `load`.
+        unsafe { T::fetch_sub(self.ptr().cast(), v) }
     }
 }
 
-impl<T: AtomicPlain> Clone for Value<T> {
+impl<T: Pod> Clone for Value<T> {
     fn clone(&self) -> Self {
         Self {
-            seg: Arc::clone(&self.seg),
+            core: Arc::clone(&self.core),
             _t: PhantomData,
         }
     }
 }
 
-impl<T: AtomicPlain> fmt::Debug for Value<T> {
+impl<T: Pod + fmt::Debug> fmt::Debug for Value<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("Value").field(&self.get()).finish()
     }
 }
 
-/// What crosses the process boundary: the index of the memfd in the
-/// message's fd side channel, and the value's type tag.
-#[derive(Serialize, Deserialize)]
-struct Wire {
-    fd: u32,
-    tag: u64,
-}
-
-impl<T: AtomicPlain> Serialize for Value<T> {
+impl<T: Pod> Serialize for Value<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let fd = ipc::export_fd(self.seg.fd()).map_err(S::Error::custom)?;
-        Wire { fd, tag: T::tag() }.serialize(s)
+        self.core.region().serialize(s)
     }
 }
 
-impl<'de, T: AtomicPlain> Deserialize<'de> for Value<T> {
+impl<'de, T: Pod> Deserialize<'de> for Value<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let wire = Wire::deserialize(d)?;
-        if wire.tag != T::tag() {
-            return Err(D::Error::custom("shared Value holds a different type"));
-        }
-        let fd = ipc::import_fd(wire.fd).map_err(D::Error::custom)?;
-        let seg = Segment::open(fd, VALUE_OFFSET + 64).map_err(D::Error::custom)?;
-        let p = seg.as_ptr();
-        // SAFETY: the segment is at least VALUE_OFFSET + 64 bytes (checked by
-        // `open`) and the header was written before the segment was shared.
-        let (magic, version, tag) = unsafe {
-            (
-                p.cast::<u32>().read(),
-                p.add(4).cast::<u32>().read(),
-                p.add(8).cast::<u64>().read(),
-            )
-        };
-        if magic != MAGIC || version != VERSION || tag != T::tag() {
-            return Err(D::Error::custom(
-                "the shared memory is not a herd Value of this type",
-            ));
+        let len = bytes_for::<T>(1).ok_or_else(|| D::Error::custom("value too large"))?;
+        let region = Region::deserialize(d, Kind::Value, |_| Some(LOCK_BODY + len))?;
+        if region.param() != tag::<T>() {
+            return Err(D::Error::custom(format!(
+                "the shared Value does not hold a {}",
+                type_name::<T>()
+            )));
         }
         Ok(Self {
-            seg: Arc::new(seg),
+            core: LockCore::from_region(region, false),
             _t: PhantomData,
         })
+    }
+}
+
+/// Holds a [`Value`]'s lock and derefs to the value.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct ValueGuard<'a, T: Pod> {
+    value: &'a Value<T>,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl<T: Pod> Deref for ValueGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the lock is held, so no other herd user writes the value
+        // (unlocked `set` from elsewhere is the caller's documented race).
+        unsafe { &*self.value.ptr() }
+    }
+}
+
+impl<T: Pod> DerefMut for ValueGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as in `deref`; the guard is borrowed mutably.
+        unsafe { &mut *self.value.ptr() }
+    }
+}
+
+impl<T: Pod> Drop for ValueGuard<'_, T> {
+    fn drop(&mut self) {
+        self.value.core.raw().unlock(std::thread::panicking());
+    }
+}
+
+impl<T: Pod + fmt::Debug> fmt::Debug for ValueGuard<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ValueGuard").field(&**self).finish()
+    }
+}
+
+/// A fixed-length array of plain `T` in shared memory, with its own robust
+/// lock: Python's `multiprocessing.Array`. Like [`Value`], elements can be
+/// read and written without the lock (`get`/`set`), under it (`lock`, a
+/// guard that derefs to `[T]`), or atomically for integers (`fetch_add`).
+///
+/// ```
+/// # fn main() {
+/// herd::init();
+/// let a = herd::sync::Array::from_slice(&[1u32, 2, 3]).unwrap();
+/// a.lock().unwrap()[0] = 10;
+/// assert_eq!(a.to_vec(), vec![10, 2, 3]);
+/// assert_eq!(a.get(5), None);
+/// # }
+/// ```
+pub struct Array<T: Pod> {
+    core: Arc<LockCore>,
+    len: usize,
+    _t: PhantomData<T>,
+}
+
+/// The array's data starts one cache line after the lock (the first line
+/// holds the element type's tag).
+const ARRAY_DATA: usize = 64;
+
+impl<T: Pod> Array<T> {
+    /// A zero-filled array of `len` elements.
+    pub fn new(len: usize) -> io::Result<Self> {
+        const { check_align::<T>() };
+        let bytes = bytes_for::<T>(len)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "array too large"))?;
+        let core = LockCore::new(Kind::Array, false, len as u64, ARRAY_DATA + bytes)?;
+        // SAFETY: the first 8 bytes after the lock hold the element tag;
+        // the region is not shared yet.
+        unsafe { core.extra().cast::<u64>().write(tag::<T>()) };
+        Ok(Self {
+            core,
+            len,
+            _t: PhantomData,
+        })
+    }
+
+    /// An array holding a copy of `items`.
+    pub fn from_slice(items: &[T]) -> io::Result<Self> {
+        let a = Self::new(items.len())?;
+        for (i, v) in items.iter().enumerate() {
+            a.set(i, *v).map_err(io::Error::other)?;
+        }
+        Ok(a)
+    }
+
+    fn ptr(&self) -> *mut T {
+        // SAFETY: the data area follows the tag line.
+        unsafe { self.core.extra().add(ARRAY_DATA).cast() }
+    }
+
+    /// The number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Element `i`, read without the lock; `None` out of range.
+    pub fn get(&self, i: usize) -> Option<T> {
+        // SAFETY: `i < len` elements fit the data area; see `Value::get`.
+        (i < self.len).then(|| unsafe { self.ptr().add(i).read_volatile() })
+    }
+
+    /// Writes element `i` without the lock.
+    pub fn set(&self, i: usize, v: T) -> Result<(), IndexOutOfRange> {
+        if i >= self.len {
+            return Err(IndexOutOfRange {
+                index: i,
+                len: self.len,
+            });
+        }
+        // SAFETY: as in `get`.
+        unsafe { self.ptr().add(i).write_volatile(v) };
+        Ok(())
+    }
+
+    /// A copy of every element, read without the lock.
+    pub fn to_vec(&self) -> Vec<T> {
+        (0..self.len).filter_map(|i| self.get(i)).collect()
+    }
+
+    /// Takes the array's lock; the guard derefs to `[T]`.
+    pub fn lock(&self) -> LockResult<ArrayGuard<'_, T>> {
+        let guard = || ArrayGuard {
+            array: self,
+            _not_send: PhantomData,
+        };
+        self.core
+            .acquire(None, true)
+            .map(|()| guard())
+            .map_err(|e| e.map_guard(|()| guard()))
+    }
+}
+
+impl<T: AtomicInteger> Array<T> {
+    /// Atomically adds `v` to element `i`, returning its previous value.
+    pub fn fetch_add(&self, i: usize, v: T) -> Result<T, IndexOutOfRange> {
+        if i >= self.len {
+            return Err(IndexOutOfRange {
+                index: i,
+                len: self.len,
+            });
+        }
+        // SAFETY: element `i` is in range and aligned.
+        Ok(unsafe { T::fetch_add(self.ptr().add(i).cast(), v) })
+    }
+}
+
+/// An index past the end of an [`Array`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexOutOfRange {
+    /// The index asked for.
+    pub index: usize,
+    /// The array's length.
+    pub len: usize,
+}
+
+impl fmt::Display for IndexOutOfRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "index {} out of range for a shared array of {}",
+            self.index, self.len
+        )
+    }
+}
+
+impl std::error::Error for IndexOutOfRange {}
+
+impl<T: Pod> Clone for Array<T> {
+    fn clone(&self) -> Self {
+        Self {
+            core: Arc::clone(&self.core),
+            len: self.len,
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T: Pod + fmt::Debug> fmt::Debug for Array<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Array").field(&self.to_vec()).finish()
+    }
+}
+
+impl<T: Pod> Serialize for Array<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.core.region().serialize(s)
+    }
+}
+
+impl<'de, T: Pod> Deserialize<'de> for Array<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let region = Region::deserialize(d, Kind::Array, |len| {
+            Some(LOCK_BODY + ARRAY_DATA + bytes_for::<T>(usize::try_from(len).ok()?)?)
+        })?;
+        let len = region.param() as usize;
+        let core = LockCore::from_region(region, false);
+        // SAFETY: the tag line follows the lock (size checked above).
+        if unsafe { core.extra().cast::<u64>().read() } != tag::<T>() {
+            return Err(D::Error::custom(format!(
+                "the shared Array does not hold {}",
+                type_name::<T>()
+            )));
+        }
+        Ok(Self {
+            core,
+            len,
+            _t: PhantomData,
+        })
+    }
+}
+
+/// Holds an [`Array`]'s lock and derefs to its elements.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct ArrayGuard<'a, T: Pod> {
+    array: &'a Array<T>,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl<T: Pod> Deref for ArrayGuard<'_, T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // SAFETY: `len` aligned elements under the held lock; see ValueGuard.
+        unsafe { std::slice::from_raw_parts(self.array.ptr(), self.array.len) }
+    }
+}
+
+impl<T: Pod> DerefMut for ArrayGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        // SAFETY: as in `deref`; the guard is borrowed mutably.
+        unsafe { std::slice::from_raw_parts_mut(self.array.ptr(), self.array.len) }
+    }
+}
+
+impl<T: Pod> Drop for ArrayGuard<'_, T> {
+    fn drop(&mut self) {
+        self.array.core.raw().unlock(std::thread::panicking());
+    }
+}
+
+impl<T: Pod + fmt::Debug> fmt::Debug for ArrayGuard<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ArrayGuard").field(&&**self).finish()
     }
 }

@@ -1,0 +1,112 @@
+//! [`Event`]: a flag that wakes every waiter, in every process.
+
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::shared::{Kind, Region};
+use crate::os;
+
+/// A flag shared by threads and processes: [`set`](Self::set) wakes every
+/// waiter, everywhere. Python's `multiprocessing.Event`. It has no holder,
+/// so nobody's death can wedge it.
+///
+/// ```
+/// use herd::sync::Event;
+///
+/// #[herd::task]
+/// fn wait_for_go(go: Event) -> bool {
+///     go.wait_timeout(std::time::Duration::from_secs(30))
+/// }
+///
+/// fn main() {
+///     herd::init();
+///     let go = Event::new().unwrap();
+///     let mut child = herd::spawn(wait_for_go, (go.clone(),)).unwrap();
+///     go.set();
+///     assert!(child.join().unwrap());
+/// }
+/// ```
+#[derive(Clone)]
+pub struct Event {
+    region: Arc<Region>,
+}
+
+impl Event {
+    /// A new, clear event.
+    pub fn new() -> io::Result<Self> {
+        Ok(Self {
+            region: Arc::new(Region::create(Kind::Event, 0, 64)?),
+        })
+    }
+
+    fn flag(&self) -> &AtomicU32 {
+        // SAFETY: the body is 64-byte aligned, at least 64 bytes, lives as
+        // long as the region, and is only used as this atomic.
+        unsafe { AtomicU32::from_ptr(self.region.body().cast()) }
+    }
+
+    /// Sets the flag and wakes every waiter.
+    pub fn set(&self) {
+        self.flag().store(1, Ordering::Release);
+        os::futex_wake(self.flag(), os::WAKE_ALL);
+    }
+
+    /// Clears the flag.
+    pub fn clear(&self) {
+        self.flag().store(0, Ordering::Release);
+    }
+
+    /// Whether the flag is set.
+    pub fn is_set(&self) -> bool {
+        self.flag().load(Ordering::Acquire) != 0
+    }
+
+    /// Waits until the flag is set.
+    pub fn wait(&self) {
+        self.wait_until(None);
+    }
+
+    /// Waits at most `timeout`; returns whether the flag is set.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.wait_until(Instant::now().checked_add(timeout))
+    }
+
+    fn wait_until(&self, deadline: Option<Instant>) -> bool {
+        loop {
+            if self.is_set() {
+                return true;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return false;
+            }
+            os::futex_wait(self.flag(), 0, deadline);
+        }
+    }
+}
+
+impl fmt::Debug for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Event")
+            .field("set", &self.is_set())
+            .finish()
+    }
+}
+
+impl Serialize for Event {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.region.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Event {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Self {
+            region: Arc::new(Region::deserialize(d, Kind::Event, |_| Some(64))?),
+        })
+    }
+}

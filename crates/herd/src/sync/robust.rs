@@ -1,0 +1,311 @@
+//! The robust mutex under `Lock`, `RLock` and `Condition`: a futex word in
+//! shared memory, tracked by the kernel's robust-futex list so that the
+//! death of its owner — however it dies — is noticed at once.
+//!
+//! The kernel keeps, per thread, a pointer to a list of held robust futexes
+//! (`set_robust_list`); when the thread dies it walks the list and, for every
+//! word still holding the dead thread's id, sets `OWNER_DIED` and wakes a
+//! waiter. glibc registers that list for every thread and links its own
+//! robust `pthread_mutex_t`s into it; herd links its locks into the same list
+//! with the same entry layout (`prev` at +24, `next` at +32 from the futex
+//! word; the kernel was told the futex is at entry - 32), so both coexist.
+//! The list is only ever touched by its own thread. The layout is checked at
+//! run time (`os::robust_list_head`); where it differs, locks still work but
+//! an owner's death is not detected (documented).
+//!
+//! A pthread robust mutex would give the same guarantee, but measured here it
+//! costs 26 ns per uncontended lock+unlock against 6.7 ns for a plain one;
+//! this protocol keeps the uncontended path to one CAS, one swap and a few
+//! plain stores.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering, compiler_fence};
+use std::time::{Duration, Instant};
+
+use crate::os::{self, robust};
+
+/// A robust mutex's state: the first 64 bytes of its slot in shared memory.
+/// All-zero is the unlocked state.
+#[repr(C, align(64))]
+pub(crate) struct RawMutex {
+    /// Owner tid | WAITERS | OWNER_DIED.
+    word: AtomicU32,
+    /// Re-entries beyond the first (RLock only; touched by the owner only).
+    depth: AtomicU32,
+    /// 1 when a holder panicked; reported once, to the next acquirer.
+    poisoned: AtomicU32,
+    _r0: u32,
+    _r1: u64,
+    /// Robust-list links, in the owner's address space.
+    prev: AtomicUsize,
+    next: AtomicUsize,
+    _r2: [u64; 3],
+}
+
+const _: () = assert!(std::mem::size_of::<RawMutex>() == 64);
+const _: () = assert!(std::mem::offset_of!(RawMutex, next) as isize == -robust::FUTEX_OFFSET);
+
+/// How an acquisition went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Acquired {
+    /// Cleanly.
+    Clean,
+    /// The previous owner died holding it (its thread or process ended).
+    OwnerDied,
+    /// The previous holder panicked while holding it.
+    Poisoned,
+    /// Re-entered by its owner (RLock).
+    Reentered,
+}
+
+/// Why an acquisition did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NotAcquired {
+    /// The deadline passed.
+    TimedOut,
+    /// The calling thread already holds this (non-reentrant) lock.
+    SelfDeadlock,
+    /// The deadlock check (run once per `slice`) found a cycle.
+    Deadlock,
+}
+
+thread_local! {
+    /// This thread's robust-list head (0 until looked up; 1 if unusable).
+    static HEAD: Cell<usize> = const { Cell::new(0) };
+    static TID: Cell<u32> = const { Cell::new(0) };
+}
+
+fn head() -> Option<*mut usize> {
+    HEAD.with(|h| {
+        if h.get() == 0 {
+            h.set(os::robust_list_head().map_or(1, |p| p as usize));
+        }
+        let v = h.get();
+        (v != 1).then_some(v as *mut usize)
+    })
+}
+
+/// Whether this thread can have herd's locks tracked by the kernel.
+pub(crate) fn robust_supported() -> bool {
+    head().is_some()
+}
+
+fn tid() -> u32 {
+    TID.with(|t| {
+        if t.get() == 0 {
+            t.set(os::gettid());
+        }
+        t.get()
+    })
+}
+
+impl RawMutex {
+    /// The mutex at `p`.
+    ///
+    /// # Safety
+    /// `p` must point to 64 bytes of shared memory, 64-byte aligned, that
+    /// live as long as `'a` and are only used as a `RawMutex`.
+    pub(crate) unsafe fn at<'a>(p: *mut u8) -> &'a Self {
+        // SAFETY: forwarded to the caller; every field is an atomic or
+        // plain padding, valid for any bit pattern.
+        unsafe { &*p.cast::<Self>() }
+    }
+
+    fn entry(&self) -> usize {
+        &self.next as *const AtomicUsize as usize
+    }
+
+    /// The owner's thread id, 0 if unlocked.
+    pub(crate) fn owner(&self) -> u32 {
+        self.word.load(Ordering::Relaxed) & robust::TID_MASK
+    }
+
+    /// One attempt; never blocks.
+    pub(crate) fn try_lock(&self, reentrant: bool) -> Result<Acquired, NotAcquired> {
+        match self.attempt(reentrant, false)? {
+            Some(a) => Ok(a),
+            None => Err(NotAcquired::TimedOut),
+        }
+    }
+
+    /// Locks, waiting until `deadline` (`None`: forever). Every `slice`,
+    /// `check` runs (the deadlock detector); `true` from it ends the wait.
+    pub(crate) fn lock(
+        &self,
+        reentrant: bool,
+        deadline: Option<Instant>,
+        slice: Option<Duration>,
+        mut check: impl FnMut() -> bool,
+    ) -> Result<Acquired, NotAcquired> {
+        let mut waited = false;
+        loop {
+            if let Some(a) = self.attempt(reentrant, waited)? {
+                return Ok(a);
+            }
+            // Contended: make sure the owner will wake us, then sleep.
+            let cur = self.word.load(Ordering::Relaxed);
+            if cur & robust::TID_MASK == 0 {
+                continue;
+            }
+            if cur & robust::WAITERS == 0
+                && self
+                    .word
+                    .compare_exchange(
+                        cur,
+                        cur | robust::WAITERS,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    )
+                    .is_err()
+            {
+                continue;
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Err(NotAcquired::TimedOut);
+            }
+            let wake_at = match (deadline, slice.and_then(|s| now.checked_add(s))) {
+                (Some(d), Some(s)) => Some(d.min(s)),
+                (d, s) => d.or(s),
+            };
+            os::futex_wait(&self.word, cur | robust::WAITERS, wake_at);
+            waited = true;
+            if slice.is_some()
+                && self.owner() != 0
+                && wake_at.is_some_and(|w| Instant::now() >= w)
+                && check()
+            {
+                return Err(NotAcquired::Deadlock);
+            }
+        }
+    }
+
+    /// `Ok(None)`: held by another thread.
+    fn attempt(&self, reentrant: bool, waited: bool) -> Result<Option<Acquired>, NotAcquired> {
+        let me = tid();
+        let head = head();
+        let cur = self.word.load(Ordering::Relaxed);
+        let owner = cur & robust::TID_MASK;
+        if owner == me {
+            if reentrant {
+                self.depth.fetch_add(1, Ordering::Relaxed);
+                return Ok(Some(Acquired::Reentered));
+            }
+            return Err(NotAcquired::SelfDeadlock);
+        }
+        if owner != 0 {
+            return Ok(None);
+        }
+        // Free (perhaps after its owner died). Announce the entry first, so
+        // that dying between the CAS and the link still releases it.
+        if let Some(h) = head {
+            // SAFETY: `h` is this thread's robust head; its third word is
+            // `list_op_pending`, written only by this thread.
+            unsafe { h.add(2).write_volatile(self.entry()) };
+        }
+        // Once a thread has slept on the word it keeps WAITERS set, so the
+        // unlock after it wakes the next sleeper too.
+        let waiters = if waited {
+            robust::WAITERS
+        } else {
+            cur & robust::WAITERS
+        };
+        let won = self
+            .word
+            .compare_exchange(cur, me | waiters, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok();
+        if won && let Some(h) = head {
+            // SAFETY: as above; we own the lock now, so its links are ours.
+            unsafe { self.link(h) };
+        }
+        if let Some(h) = head {
+            compiler_fence(Ordering::SeqCst);
+            // SAFETY: as above.
+            unsafe { h.add(2).write_volatile(0) };
+        }
+        if !won {
+            return Ok(None);
+        }
+        if cur & robust::OWNER_DIED != 0 {
+            self.depth.store(0, Ordering::Relaxed);
+            self.poisoned.store(0, Ordering::Relaxed);
+            return Ok(Some(Acquired::OwnerDied));
+        }
+        if self.poisoned.swap(0, Ordering::Relaxed) != 0 {
+            return Ok(Some(Acquired::Poisoned));
+        }
+        Ok(Some(Acquired::Clean))
+    }
+
+    /// Releases one level; the last one unlocks. `poison` marks that the
+    /// holder is panicking.
+    pub(crate) fn unlock(&self, poison: bool) {
+        if self.depth.load(Ordering::Relaxed) > 0 {
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        if poison {
+            self.poisoned.store(1, Ordering::Relaxed);
+        }
+        let head = head();
+        if let Some(h) = head {
+            // SAFETY: this thread's robust head, as in `attempt`; the lock
+            // is ours, so are its links.
+            unsafe {
+                h.add(2).write_volatile(self.entry());
+                self.unlink();
+            }
+        }
+        let old = self.word.swap(0, Ordering::Release);
+        if old & robust::WAITERS != 0 {
+            os::futex_wake(&self.word, 1);
+        }
+        if let Some(h) = head {
+            compiler_fence(Ordering::SeqCst);
+            // SAFETY: as above.
+            unsafe { h.add(2).write_volatile(0) };
+        }
+    }
+
+    /// Links this mutex at the front of the thread's robust list (glibc's
+    /// `ENQUEUE_MUTEX_BOTH`, with the same layout).
+    ///
+    /// # Safety
+    /// `h` is the calling thread's robust head and the mutex is held by it.
+    unsafe fn link(&self, h: *mut usize) {
+        // SAFETY: `h` and the entries reachable from it are this thread's
+        // list (glibc's and herd's, both laid out as {prev, next}); only
+        // this thread modifies it.
+        unsafe {
+            let first = h.read_volatile() & !1;
+            // The first entry's `prev` (for the head itself: glibc's
+            // `robust_prev`, just before it).
+            ((first - 8) as *mut usize).write_volatile(self.entry());
+            self.next.store(h.read_volatile(), Ordering::Relaxed);
+            self.prev.store(h as usize, Ordering::Relaxed);
+            compiler_fence(Ordering::SeqCst);
+            h.write_volatile(self.entry());
+        }
+    }
+
+    /// Unlinks this mutex from the thread's robust list (glibc's
+    /// `DEQUEUE_MUTEX`).
+    ///
+    /// # Safety
+    /// The mutex is held by the calling thread, which linked it.
+    unsafe fn unlink(&self) {
+        let next = self.next.load(Ordering::Relaxed);
+        let prev = self.prev.load(Ordering::Relaxed);
+        if next == 0 || prev == 0 {
+            return;
+        }
+        // SAFETY: `prev`/`next` point into this thread's list, as above.
+        unsafe {
+            (((next & !1) - 8) as *mut usize).write_volatile(prev);
+            ((prev & !1) as *mut usize).write_volatile(next);
+        }
+        compiler_fence(Ordering::SeqCst);
+        self.prev.store(0, Ordering::Relaxed);
+        self.next.store(0, Ordering::Relaxed);
+    }
+}
