@@ -3,14 +3,15 @@
 //! `cargo run --release -p herd-bench -- <suite> [--quick]` prints one JSON
 //! object per line:
 //! `{"suite":"spawn","case":"trivial","impl":"herd-forkserver","metric":"median_us","value":412.0,"unit":"us"}`.
-//! Suites: `spawn`. `--quick` keeps each suite under 30 seconds.
+//! Suites: `spawn`, `sync` (or `all`). `--quick` keeps each suite under 30 seconds.
 
 mod report;
 mod spawn;
+mod sync;
 
 use std::process::ExitCode;
 
-const SUITES: &[&str] = &["spawn"];
+const SUITES: &[&str] = &["spawn", "sync"];
 
 fn main() -> ExitCode {
     // Both are no-ops in the benchmark itself; in a child they run its task.
@@ -38,7 +39,11 @@ fn main() -> ExitCode {
     };
     match suite.as_str() {
         "spawn" => spawn::run(quick),
-        "all" => spawn::run(quick),
+        "sync" => sync::run(quick),
+        "all" => {
+            spawn::run(quick);
+            sync::run(quick);
+        }
         other => {
             eprintln!(
                 "herd-bench: unknown suite {other:?}; known: {}",

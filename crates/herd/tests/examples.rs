@@ -181,3 +181,43 @@ fn tour_runs() {
         "{lines:#?}"
     );
 }
+
+#[test]
+fn s9_threads_right_with_the_lock() {
+    let lines = run("s9_balance_threads", &["20000"]);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("without a lock: balance = ")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|l| l == "with a lock:    balance = 0"),
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn s9_processes_right_with_the_lock_and_deadlock_reported() {
+    let lines = run("s9_balance_processes", &["20000"]);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("without a lock: balance = ")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|l| l == "with a lock:    balance = 0"),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("deadlock: ") && l.ends_with("held by this thread")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|l| l == "the child got both locks"),
+        "{lines:#?}"
+    );
+}

@@ -12,7 +12,10 @@ use herd::{Process, StartMethod};
 use libtest_mimic::{Arguments, Failed, Trial};
 use support::GUARD;
 
-#[expect(dead_code, reason = "the support module is shared with other test targets")]
+#[expect(
+    dead_code,
+    reason = "the support module is shared with other test targets"
+)]
 mod support;
 
 fn check(cond: bool, what: impl Into<String>) -> Result<(), Failed> {

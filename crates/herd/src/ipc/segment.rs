@@ -52,6 +52,7 @@ impl Segment {
     }
 
     /// The start of the mapping (page-aligned).
+    #[inline]
     pub(crate) fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
     }

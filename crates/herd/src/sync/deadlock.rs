@@ -105,6 +105,7 @@ pub(crate) fn register(core: &Arc<LockCore>) {
 }
 
 /// Waits for `core`'s lock, checking for cycles when detection is on.
+#[inline(always)]
 pub(crate) fn wait_for(
     core: &Arc<LockCore>,
     deadline: Option<Instant>,
@@ -113,9 +114,16 @@ pub(crate) fn wait_for(
     let reentrant = core_reentrant(core);
     // The uncontended path pays nothing.
     match raw.try_lock(reentrant) {
-        Err(NotAcquired::TimedOut) => {}
-        other => return other,
+        Err(NotAcquired::TimedOut) => wait_slow(core, deadline),
+        other => other,
     }
+}
+
+/// The contended path of [`wait_for`].
+#[inline(never)]
+fn wait_slow(core: &Arc<LockCore>, deadline: Option<Instant>) -> Result<Acquired, NotAcquired> {
+    let raw = core.raw();
+    let reentrant = core_reentrant(core);
     // A waiter always announces itself (one CAS, only when it must wait
     // anyway), so that a detecting process sees it even if the waiter's own
     // process does not detect.

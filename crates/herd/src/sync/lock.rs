@@ -156,6 +156,7 @@ impl LockCore {
         &self.region
     }
 
+    #[inline]
     pub(crate) fn raw(&self) -> &RawMutex {
         // SAFETY: the body starts 64-byte aligned with 64 bytes reserved for
         // the raw mutex, and lives as long as `self.region`.
@@ -172,6 +173,7 @@ impl LockCore {
     }
 
     /// Acquires, mapping the raw outcome to the public one.
+    #[inline(always)]
     pub(crate) fn acquire(
         self: &Arc<Self>,
         deadline: Option<Instant>,
@@ -218,6 +220,7 @@ macro_rules! lock_type {
             }
 
             /// Waits for the lock and takes it.
+            #[inline(always)]
             pub fn acquire(&self) -> LockResult<$guard<'_>> {
                 self.take(None, true)
             }
@@ -237,6 +240,7 @@ macro_rules! lock_type {
                 self.core.raw().owner() != 0
             }
 
+            #[inline(always)]
             fn take(&self, deadline: Option<Instant>, wait: bool) -> LockResult<$guard<'_>> {
                 let guard = || $guard { lock: self, _not_send: PhantomData };
                 self.core.acquire(deadline, wait).map(|()| guard()).map_err(|e| e.map_guard(|()| guard()))
@@ -275,6 +279,7 @@ macro_rules! lock_type {
         }
 
         impl Drop for $guard<'_> {
+            #[inline]
             fn drop(&mut self) {
                 self.lock.core.raw().unlock(std::thread::panicking());
             }

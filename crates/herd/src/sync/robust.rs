@@ -75,6 +75,7 @@ thread_local! {
     static TID: Cell<u32> = const { Cell::new(0) };
 }
 
+#[inline]
 fn head() -> Option<*mut usize> {
     HEAD.with(|h| {
         if h.get() == 0 {
@@ -90,6 +91,7 @@ pub(crate) fn robust_supported() -> bool {
     head().is_some()
 }
 
+#[inline]
 fn tid() -> u32 {
     TID.with(|t| {
         if t.get() == 0 {
@@ -111,6 +113,7 @@ impl RawMutex {
         unsafe { &*p.cast::<Self>() }
     }
 
+    #[inline]
     fn entry(&self) -> usize {
         &self.next as *const AtomicUsize as usize
     }
@@ -121,6 +124,7 @@ impl RawMutex {
     }
 
     /// One attempt; never blocks.
+    #[inline]
     pub(crate) fn try_lock(&self, reentrant: bool) -> Result<Acquired, NotAcquired> {
         match self.attempt(reentrant, false)? {
             Some(a) => Ok(a),
@@ -181,6 +185,7 @@ impl RawMutex {
     }
 
     /// `Ok(None)`: held by another thread.
+    #[inline]
     fn attempt(&self, reentrant: bool, waited: bool) -> Result<Option<Acquired>, NotAcquired> {
         let me = tid();
         let head = head();
@@ -231,7 +236,11 @@ impl RawMutex {
             self.poisoned.store(0, Ordering::Relaxed);
             return Ok(Some(Acquired::OwnerDied));
         }
-        if self.poisoned.swap(0, Ordering::Relaxed) != 0 {
+        // A plain load first: a locked swap on every acquisition would
+        // double the cost of the uncontended path.
+        if self.poisoned.load(Ordering::Relaxed) != 0
+            && self.poisoned.swap(0, Ordering::Relaxed) != 0
+        {
             return Ok(Some(Acquired::Poisoned));
         }
         Ok(Some(Acquired::Clean))
@@ -239,6 +248,7 @@ impl RawMutex {
 
     /// Releases one level; the last one unlocks. `poison` marks that the
     /// holder is panicking.
+    #[inline]
     pub(crate) fn unlock(&self, poison: bool) {
         if self.depth.load(Ordering::Relaxed) > 0 {
             self.depth.fetch_sub(1, Ordering::Relaxed);
@@ -272,6 +282,7 @@ impl RawMutex {
     ///
     /// # Safety
     /// `h` is the calling thread's robust head and the mutex is held by it.
+    #[inline]
     unsafe fn link(&self, h: *mut usize) {
         // SAFETY: `h` and the entries reachable from it are this thread's
         // list (glibc's and herd's, both laid out as {prev, next}); only
@@ -293,6 +304,7 @@ impl RawMutex {
     ///
     /// # Safety
     /// The mutex is held by the calling thread, which linked it.
+    #[inline]
     unsafe fn unlink(&self) {
         let next = self.next.load(Ordering::Relaxed);
         let prev = self.prev.load(Ordering::Relaxed);

@@ -69,6 +69,7 @@ impl Region {
     }
 
     /// The object's state (64-byte aligned).
+    #[inline]
     pub(crate) fn body(&self) -> *mut u8 {
         // SAFETY: the segment is at least BODY bytes (checked at creation
         // and at open).
