@@ -50,6 +50,14 @@
 //! * a child that does not accept its task within the bootstrap deadline is
 //!   killed and `start` returns [`StartError::BootstrapTimeout`].
 //!
+//! ## Shared state
+//!
+//! [`sync`] has the seed's locks and Python's other synchronisation objects
+//! (`Lock`, `RLock`, `Semaphore`, `Event`, `Condition`, `Barrier`) and
+//! `Value`/`Array` in shared memory. They are task arguments like any other,
+//! and robust: a holder that dies is reported to the next acquirer, never a
+//! lock held forever.
+//!
 //! ## Exit and parent death
 //!
 //! When this program exits normally (returning from `main`, or
