@@ -144,6 +144,72 @@ fn fill_array(a: Array<u64>, from: usize, n: usize) {
     }
 }
 
+#[herd::task]
+fn wait_for_lock(lock: Lock, got: Value<u32>) {
+    let _g = lock.acquire_timeout(GUARD);
+    got.fetch_add(1);
+}
+
+/// A waiter woken by an unlock and killed before it takes the lock must not
+/// strand the other waiters.
+fn killed_waiter_does_not_strand_others() -> Result<(), Failed> {
+    for _ in 0..5 {
+        let (lock, got) = (Lock::new()?, Value::new(0u32)?);
+        let held = lock.acquire()?;
+        let mut w1 = herd::spawn(wait_for_lock, (lock.clone(), got.clone()))?;
+        let mut w2 = herd::spawn(wait_for_lock, (lock.clone(), got.clone()))?;
+        let asleep = |p: &Process<()>| p.state().is_ok_and(|s| s == herd::ProcessState::Sleeping);
+        check(eventually(|| asleep(&w1) && asleep(&w2)), "both waiting")?;
+        drop(held);
+        let _ = w1.kill();
+        let t = Instant::now();
+        w2.join()?;
+        check(
+            t.elapsed() < Duration::from_secs(1),
+            format!("the other waiter took {:?}", t.elapsed()),
+        )?;
+    }
+    Ok(())
+}
+
+fn event_set_then_clear_wakes_waiters() -> Result<(), Failed> {
+    let ev = Event::new()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let e2 = ev.clone();
+    let t = std::thread::spawn(move || {
+        tx.send(rustix::thread::gettid().as_raw_nonzero().get())
+            .ok();
+        e2.wait_timeout(GUARD)
+    });
+    let tid = rx.recv_timeout(GUARD)?;
+    // Wait until the waiter sleeps in the futex: a set+clear must still
+    // wake it.
+    let wchan = format!("/proc/self/task/{tid}/wchan");
+    check(
+        eventually(|| std::fs::read_to_string(&wchan).is_ok_and(|w| w.contains("futex"))),
+        "waiter asleep",
+    )?;
+    ev.set();
+    ev.clear();
+    check(t.join().map_err(|_| "thread")?, "the waiter saw the set")
+}
+
+fn absurd_sizes_are_errors() -> Result<(), Failed> {
+    check(
+        Array::<u8>::new(usize::MAX - 190).is_err(),
+        "array length that overflows",
+    )?;
+    check(
+        Array::<u64>::new(usize::MAX / 4).is_err(),
+        "array too large",
+    )?;
+    check(Semaphore::new(100_000).is_err(), "too many permits")?;
+    check(
+        BoundedSemaphore::new(0).is_ok_and(|s| s.try_acquire().is_err()),
+        "a zero semaphore",
+    )
+}
+
 fn semaphore_never_over_admits() -> Result<(), Failed> {
     let (sem, inside, most) = (Semaphore::new(2)?, Value::new(0u32)?, Value::new(0u32)?);
     let mut kids = Vec::new();
@@ -593,6 +659,15 @@ fn main() {
         Trial::test("barrier_with_a_dying_party", barrier_with_a_dying_party),
         Trial::test("array_across_processes", array_across_processes),
         Trial::test("no_shared_memory_files", no_shared_memory_files),
+        Trial::test(
+            "killed_waiter_does_not_strand_others",
+            killed_waiter_does_not_strand_others,
+        ),
+        Trial::test(
+            "event_set_then_clear_wakes_waiters",
+            event_set_then_clear_wakes_waiters,
+        ),
+        Trial::test("absurd_sizes_are_errors", absurd_sizes_are_errors),
     ];
     libtest_mimic::run(&args, tests).exit();
 }

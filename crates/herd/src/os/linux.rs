@@ -720,6 +720,11 @@ pub(crate) unsafe fn unmap(ptr: std::ptr::NonNull<u8>, len: usize) {
     let _ = unsafe { rustix::mm::munmap(ptr.as_ptr().cast(), len) };
 }
 
+/// Whether a thread with this id exists (in any process).
+pub(crate) fn thread_exists(tid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{tid}")).exists()
+}
+
 /// The calling thread's kernel thread id.
 pub(crate) fn gettid() -> u32 {
     rustix::thread::gettid().as_raw_nonzero().get() as u32

@@ -135,9 +135,14 @@ impl Barrier {
     }
 
     /// Breaks the barrier: every waiter, now and later, gets
-    /// [`BarrierError::Broken`] until [`reset`](Self::reset).
+    /// [`BarrierError::Broken`] until [`reset`](Self::reset). Waiters
+    /// notice within 100 ms.
     pub fn abort(&self) {
+        let locked = self.state().lock(false, None, None, || false).is_ok();
         self.broken().store(1, Ordering::Release);
+        if locked {
+            self.state().unlock(false);
+        }
         os::futex_wake(self.generation(), os::WAKE_ALL);
     }
 
@@ -268,14 +273,30 @@ impl Barrier {
                 return Err(BarrierError::Broken);
             }
             if self.dead_party() {
-                self.abort();
-                return Err(BarrierError::Broken);
+                return self.break_unless_passed(my_gen, BarrierError::Broken);
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
-                self.abort();
-                return Err(BarrierError::TimedOut);
+                return self.break_unless_passed(my_gen, BarrierError::TimedOut);
             }
         }
+    }
+
+    /// Breaks the barrier under its state lock, unless the round this
+    /// waiter joined has completed meanwhile (then the wait succeeded).
+    fn break_unless_passed(&self, my_gen: u32, why: BarrierError) -> Result<bool, BarrierError> {
+        let locked = self.state().lock(false, None, None, || false).is_ok();
+        let passed = self.generation().load(Ordering::Acquire) != my_gen;
+        if !passed {
+            self.broken().store(1, Ordering::Release);
+        }
+        if locked {
+            self.state().unlock(false);
+        }
+        if passed {
+            return Ok(false);
+        }
+        os::futex_wake(self.generation(), os::WAKE_ALL);
+        Err(why)
     }
 }
 

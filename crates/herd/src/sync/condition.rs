@@ -100,7 +100,7 @@ impl Condition {
     }
 
     /// Releases the lock, waits for a notification, and takes the lock
-    /// again.
+    /// again. (The wait is on the condition the guard belongs to.)
     pub fn wait<'a>(&'a self, guard: ConditionGuard<'a>) -> LockResult<ConditionGuard<'a>> {
         self.wait_deadline(guard, None)
             .map(|(g, _)| g)
@@ -134,6 +134,12 @@ impl Condition {
         guard: ConditionGuard<'a>,
         deadline: Option<Instant>,
     ) -> LockResult<(ConditionGuard<'a>, bool)> {
+        // Wait on the condition whose lock the guard holds, whichever
+        // `self` was used to call.
+        let this = guard.cond;
+        if !std::ptr::eq(this, self) {
+            return this.wait_deadline(guard, deadline);
+        }
         let seen = self.seq().load(Ordering::Acquire);
         drop(guard);
         os::futex_wait(self.seq(), seen, deadline);

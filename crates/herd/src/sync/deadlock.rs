@@ -79,9 +79,21 @@ impl Waiters {
     }
 
     fn add(&self, tid: u32) -> Option<usize> {
-        self.slots.iter().position(|s| {
-            s.compare_exchange(0, tid, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
+        let claim = || {
+            self.slots.iter().position(|s| {
+                s.compare_exchange(0, tid, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            })
+        };
+        claim().or_else(|| {
+            // Full: free the slots of waiters that were killed while waiting.
+            for s in &self.slots {
+                let t = s.load(Ordering::Acquire);
+                if t != 0 && !os::thread_exists(t) {
+                    let _ = s.compare_exchange(t, 0, Ordering::AcqRel, Ordering::Relaxed);
+                }
+            }
+            claim()
         })
     }
 

@@ -50,20 +50,27 @@ impl Event {
         unsafe { AtomicU32::from_ptr(self.region.body().cast()) }
     }
 
+    // The word: bit 0 is the flag; the other bits count the `set` calls,
+    // so a waiter notices a `set` even if a `clear` follows at once.
+
     /// Sets the flag and wakes every waiter.
     pub fn set(&self) {
-        self.flag().store(1, Ordering::Release);
+        let _ = self
+            .flag()
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                Some(((w >> 1).wrapping_add(1) << 1) | 1)
+            });
         os::futex_wake(self.flag(), os::WAKE_ALL);
     }
 
     /// Clears the flag.
     pub fn clear(&self) {
-        self.flag().store(0, Ordering::Release);
+        self.flag().fetch_and(!1, Ordering::AcqRel);
     }
 
     /// Whether the flag is set.
     pub fn is_set(&self) -> bool {
-        self.flag().load(Ordering::Acquire) != 0
+        self.flag().load(Ordering::Acquire) & 1 != 0
     }
 
     /// Waits until the flag is set.
@@ -77,14 +84,17 @@ impl Event {
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> bool {
+        let first = self.flag().load(Ordering::Acquire);
+        let mut seen = first;
         loop {
-            if self.is_set() {
+            if seen & 1 != 0 || seen >> 1 != first >> 1 {
                 return true;
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return false;
             }
-            os::futex_wait(self.flag(), 0, deadline);
+            os::futex_wait(self.flag(), seen, deadline);
+            seen = self.flag().load(Ordering::Acquire);
         }
     }
 }

@@ -129,7 +129,13 @@ impl LockCore {
             ));
         }
         let core = Arc::new(Self {
-            region: Region::create(kind, param, LOCK_BODY + extra)?,
+            region: Region::create(
+                kind,
+                param,
+                LOCK_BODY.checked_add(extra).ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidInput, "shared object too large")
+                })?,
+            )?,
             reentrant,
         });
         deadlock::register(&core);

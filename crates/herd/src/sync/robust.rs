@@ -24,6 +24,9 @@ use std::time::{Duration, Instant};
 
 use crate::os::{self, robust};
 
+/// The longest a lock waiter sleeps before it looks again.
+const RECHECK: Duration = Duration::from_millis(100);
+
 /// A robust mutex's state: the first 64 bytes of its slot in shared memory.
 /// All-zero is the unlocked state.
 #[repr(C, align(64))]
@@ -166,12 +169,14 @@ impl RawMutex {
             }
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
+                self.pass_on_wake();
                 return Err(NotAcquired::TimedOut);
             }
-            let wake_at = match (deadline, slice.and_then(|s| now.checked_add(s))) {
-                (Some(d), Some(s)) => Some(d.min(s)),
-                (d, s) => d.or(s),
-            };
+            // Never sleep longer than RECHECK: a waiter woken by an unlock
+            // and killed before it took the lock swallows that wake, and
+            // the others must not sleep on for ever.
+            let slice_end = now + slice.unwrap_or(RECHECK).min(RECHECK);
+            let wake_at = Some(deadline.map_or(slice_end, |d| d.min(slice_end)));
             os::futex_wait(&self.word, cur | robust::WAITERS, wake_at);
             waited = true;
             if slice.is_some()
@@ -179,8 +184,18 @@ impl RawMutex {
                 && wake_at.is_some_and(|w| Instant::now() >= w)
                 && check()
             {
+                self.pass_on_wake();
                 return Err(NotAcquired::Deadlock);
             }
+        }
+    }
+
+    /// Leaving without the lock after sleeping on it, perhaps with a wake
+    /// meant for us: hand it to the next sleeper so none is stranded.
+    #[cold]
+    fn pass_on_wake(&self) {
+        if self.word.load(Ordering::Relaxed) & robust::WAITERS != 0 {
+            os::futex_wake(&self.word, 1);
         }
     }
 

@@ -43,12 +43,14 @@ impl Core {
                 "herd semaphores need the robust-futex list",
             ));
         }
-        if slots == 0 || slots > MAX_PERMITS {
+        if enabled > MAX_PERMITS {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("between 1 and {MAX_PERMITS} permits"),
+                format!("at most {MAX_PERMITS} permits"),
             ));
         }
+        // A semaphore of 0 permits still has one (disabled) slot.
+        let slots = slots.clamp(1, MAX_PERMITS);
         let region = Region::create(kind, u64::from(slots), 64 + 64 * slots as usize)?;
         let core = Self { region, slots };
         for i in enabled..slots {
@@ -215,7 +217,9 @@ macro_rules! semaphore_common {
 /// `multiprocessing.Semaphore`. A permit whose holder dies is recovered
 /// (within 100 ms for a waiter already sleeping), never lost. Like Python's,
 /// [`release`](Self::release) may add permits beyond the initial value (up
-/// to `initial + 64`).
+/// to `initial + 64`, and 4096 in all). One thread should hold at most 2048
+/// permits at once: the kernel stops releasing a dead thread's robust words
+/// after 2048.
 ///
 /// ```
 /// use herd::sync::Semaphore;

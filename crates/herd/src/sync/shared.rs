@@ -48,7 +48,10 @@ impl Region {
     /// A new zero-filled region for an object of `kind` with a `body` of
     /// `body_len` bytes; `param` is kind-specific (a type tag, a capacity).
     pub(crate) fn create(kind: Kind, param: u64, body_len: usize) -> io::Result<Self> {
-        let seg = Segment::create("herd", BODY + body_len)?;
+        let total = BODY.checked_add(body_len).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "shared object too large")
+        })?;
+        let seg = Segment::create("herd", total)?;
         let id = fresh_id();
         let p = seg.as_ptr();
         // SAFETY: the segment is fresh, page-aligned and at least BODY
@@ -113,7 +116,10 @@ impl Region {
         let len = body_len(wire.param)
             .ok_or_else(|| D::Error::custom("shared object of an impossible size"))?;
         let fd = ipc::import_fd(wire.fd).map_err(D::Error::custom)?;
-        let seg = Segment::open(fd, BODY + len).map_err(D::Error::custom)?;
+        let total = BODY
+            .checked_add(len)
+            .ok_or_else(|| D::Error::custom("shared object of an impossible size"))?;
+        let seg = Segment::open(fd, total).map_err(D::Error::custom)?;
         let p = seg.as_ptr();
         // SAFETY: the segment is at least BODY bytes; the header was written
         // before the segment was ever shared.

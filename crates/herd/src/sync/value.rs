@@ -284,7 +284,7 @@ impl<T: Pod> Serialize for Value<T> {
 impl<'de, T: Pod> Deserialize<'de> for Value<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let len = bytes_for::<T>(1).ok_or_else(|| D::Error::custom("value too large"))?;
-        let region = Region::deserialize(d, Kind::Value, |_| Some(LOCK_BODY + len))?;
+        let region = Region::deserialize(d, Kind::Value, |_| LOCK_BODY.checked_add(len))?;
         if region.param() != tag::<T>() {
             return Err(D::Error::custom(format!(
                 "the shared Value does not hold a {}",
@@ -363,7 +363,10 @@ impl<T: Pod> Array<T> {
         const { check_align::<T>() };
         let bytes = bytes_for::<T>(len)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "array too large"))?;
-        let core = LockCore::new(Kind::Array, false, len as u64, ARRAY_DATA + bytes)?;
+        let extra = ARRAY_DATA
+            .checked_add(bytes)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "array too large"))?;
+        let core = LockCore::new(Kind::Array, false, len as u64, extra)?;
         // SAFETY: the first 8 bytes after the lock hold the element tag;
         // the region is not shared yet.
         unsafe { core.extra().cast::<u64>().write(tag::<T>()) };
@@ -495,7 +498,7 @@ impl<T: Pod> Serialize for Array<T> {
 impl<'de, T: Pod> Deserialize<'de> for Array<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let region = Region::deserialize(d, Kind::Array, |len| {
-            Some(LOCK_BODY + ARRAY_DATA + bytes_for::<T>(usize::try_from(len).ok()?)?)
+            (LOCK_BODY + ARRAY_DATA).checked_add(bytes_for::<T>(usize::try_from(len).ok()?)?)
         })?;
         let len = region.param() as usize;
         let core = LockCore::from_region(region, false);
