@@ -140,7 +140,10 @@ fn register_then_die(b: Barrier, registered: Value<u8>) {
 #[herd::task]
 fn fill_array(a: Array<u64>, from: usize, n: usize) {
     for i in from..from + n {
-        a.lock().expect("lock")[i] = i as u64 * 2;
+        a.lock()
+            .expect("lock")
+            .set(i, i as u64 * 2)
+            .expect("in range");
     }
 }
 
@@ -192,6 +195,39 @@ fn event_set_then_clear_wakes_waiters() -> Result<(), Failed> {
     ev.set();
     ev.clear();
     check(t.join().map_err(|_| "thread")?, "the waiter saw the set")
+}
+
+#[herd::task]
+fn two_copies_of_one_lock(a: RLock, b: RLock) -> bool {
+    let outer = b.acquire().expect("outer");
+    let inner = a.acquire().expect("inner");
+    drop(outer);
+    drop(b);
+    // The copies share one mapping, so the lock `inner` holds is still
+    // mapped; taking another lock in this thread walks the robust list.
+    let other = Lock::new().expect("lock");
+    let ok = other.acquire().is_ok();
+    drop(inner);
+    ok && !a.is_locked()
+}
+
+/// A forgotten guard keeps its lock on the thread's robust list; dropping
+/// the lock must not unmap memory the kernel and glibc will still walk.
+fn forgotten_guard_keeps_the_mapping() -> Result<(), Failed> {
+    let ok = std::thread::spawn(|| {
+        let lock = Lock::new().expect("lock");
+        std::mem::forget(lock.acquire());
+        drop(lock);
+        let other = Lock::new().expect("lock");
+        // When the thread ends, the kernel walks its robust list.
+        other.acquire().is_ok()
+    })
+    .join()
+    .map_err(|_| "thread crashed")?;
+    check(ok, "another lock in the same thread")?;
+    let r = RLock::new()?;
+    let mut p = herd::spawn(two_copies_of_one_lock, (r.clone(), r.clone()))?;
+    check(p.join()?, "two copies of one lock in a child")
 }
 
 fn absurd_sizes_are_errors() -> Result<(), Failed> {
@@ -668,6 +704,10 @@ fn main() {
             event_set_then_clear_wakes_waiters,
         ),
         Trial::test("absurd_sizes_are_errors", absurd_sizes_are_errors),
+        Trial::test(
+            "forgotten_guard_keeps_the_mapping",
+            forgotten_guard_keeps_the_mapping,
+        ),
     ];
     libtest_mimic::run(&args, tests).exit();
 }

@@ -471,6 +471,13 @@ pub(crate) fn exe_size(path: &std::path::Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len())
 }
 
+/// Registers `f` to run in the child after every `fork()`.
+pub(crate) fn at_fork_child(f: extern "C" fn()) {
+    // SAFETY: a plain `extern "C" fn()` with no captured state, kept by libc
+    // for the process's life.
+    unsafe { libc::pthread_atfork(None, None, Some(f)) };
+}
+
 /// Registers `f` to run at normal process exit (`exit()` or return from main).
 pub(crate) fn at_exit(f: extern "C" fn()) -> io::Result<()> {
     // SAFETY: `f` is a plain `extern "C" fn()` with no captured state; libc
@@ -690,6 +697,12 @@ pub(crate) fn sealed_memfd_len(fd: BorrowedFd<'_>) -> io::Result<usize> {
     }
     usize::try_from(rustix::fs::fstat(fd)?.st_size)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad segment size"))
+}
+
+/// The (device, inode) pair naming the file behind `fd`.
+pub(crate) fn file_identity(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    let st = rustix::fs::fstat(fd)?;
+    Ok((st.st_dev, st.st_ino))
 }
 
 /// Maps `len` bytes of `fd` shared, readable and writable.

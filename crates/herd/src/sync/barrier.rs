@@ -188,7 +188,10 @@ impl Barrier {
                     self.abort();
                     return Err(BarrierError::Broken);
                 }
-                Ok(_) => return Ok(i),
+                Ok(_) => {
+                    self.region.pin(false);
+                    return Ok(i);
+                }
                 Err(_) => {}
             }
         }
@@ -228,6 +231,7 @@ impl Barrier {
         };
         let result = self.arrive_and_wait(deadline);
         if let Some(s) = slot.filter(|s| *s != u32::MAX) {
+            self.region.unpin(false);
             self.slot(s).unlock(false);
         }
         result
@@ -329,6 +333,7 @@ impl Drop for Party<'_> {
         let id = self.barrier.region.id();
         REGISTERED.with(|r| r.borrow_mut().retain(|(b, _)| *b != id));
         if self.slot != u32::MAX {
+            self.barrier.region.unpin(false);
             self.barrier.slot(self.slot).unlock(false);
         }
     }

@@ -51,7 +51,7 @@ pub struct ConditionGuard<'a> {
 
 impl Drop for ConditionGuard<'_> {
     fn drop(&mut self) {
-        self.cond.core.raw().unlock(std::thread::panicking());
+        self.cond.core.release();
     }
 }
 

@@ -162,6 +162,13 @@ impl LockCore {
         &self.region
     }
 
+    /// Releases one level held by this thread (a guard's drop).
+    #[inline]
+    pub(crate) fn release(&self) {
+        self.region.unpin(true);
+        self.raw().unlock(std::thread::panicking());
+    }
+
     #[inline]
     pub(crate) fn raw(&self) -> &RawMutex {
         // SAFETY: the body starts 64-byte aligned with 64 bytes reserved for
@@ -191,6 +198,9 @@ impl LockCore {
         } else {
             raw.try_lock(self.reentrant)
         };
+        if outcome.is_ok() {
+            self.region.pin(true);
+        }
         match outcome {
             Ok(Acquired::Clean | Acquired::Reentered) => Ok(()),
             Ok(Acquired::OwnerDied) => Err(LockError::Poisoned {
@@ -287,7 +297,7 @@ macro_rules! lock_type {
         impl Drop for $guard<'_> {
             #[inline]
             fn drop(&mut self) {
-                self.lock.core.raw().unlock(std::thread::panicking());
+                self.lock.core.release();
             }
         }
 
@@ -306,7 +316,8 @@ lock_type!(
     /// If its holder dies holding it — SIGKILL, a crash, `exit`, a panic —
     /// the next acquirer gets [`LockError::Poisoned`] (and the lock), at once
     /// rather than never. Acquiring a `Lock` the calling thread already holds
-    /// is [`LockError::Deadlock`], not a hang.
+    /// is [`LockError::Deadlock`], not a hang. A guard held across a raw
+    /// `fork()` belongs to the parent: the forked child must not drop it.
     ///
     /// ```
     /// use herd::sync::Lock;

@@ -82,11 +82,26 @@ thread_local! {
 fn head() -> Option<*mut usize> {
     HEAD.with(|h| {
         if h.get() == 0 {
+            forget_caches_on_fork();
             h.set(os::robust_list_head().map_or(1, |p| p as usize));
         }
         let v = h.get();
         (v != 1).then_some(v as *mut usize)
     })
+}
+
+/// In a child made by `fork()`, the forking thread's caches would name the
+/// parent's thread: clear them there (glibc re-registers the child's robust
+/// list itself). A guard held across `fork()` belongs to the parent; the
+/// child must not drop it (documented on the lock types).
+#[cold]
+fn forget_caches_on_fork() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    extern "C" fn in_child() {
+        HEAD.with(|h| h.set(0));
+        TID.with(|t| t.set(0));
+    }
+    ONCE.call_once(|| os::at_fork_child(in_child));
 }
 
 /// Whether this thread can have herd's locks tracked by the kernel.

@@ -83,12 +83,16 @@ impl Core {
                 let i = (start + k) % self.slots;
                 match self.slot(i).try_lock(false) {
                     Ok(Acquired::OwnerDied) => {
+                        self.region.pin(false);
                         return Err(LockError::Poisoned {
                             guard: i,
                             cause: PoisonCause::OwnerDied,
                         });
                     }
-                    Ok(_) => return Ok(i),
+                    Ok(_) => {
+                        self.region.pin(false);
+                        return Ok(i);
+                    }
                     Err(_) => {}
                 }
             }
@@ -109,6 +113,7 @@ impl Core {
     }
 
     fn give_back(&self, i: u32) {
+        self.region.unpin(false);
         self.slot(i).unlock(false);
         self.generation().fetch_add(1, Ordering::Release);
         os::futex_wake(self.generation(), 1);

@@ -7,6 +7,7 @@
 //! ```
 
 use std::io;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::de::Error as _;
@@ -38,7 +39,7 @@ pub(crate) enum Kind {
 /// A mapped region holding one shared object.
 #[derive(Debug)]
 pub(crate) struct Region {
-    seg: Segment,
+    seg: Arc<Segment>,
     kind: Kind,
     param: u64,
     id: u64,
@@ -77,6 +78,20 @@ impl Region {
         // SAFETY: the segment is at least BODY bytes (checked at creation
         // and at open).
         unsafe { self.seg.as_ptr().add(BODY) }
+    }
+
+    /// Records that this process's thread took a robust word here (so the
+    /// mapping outlives a forgotten guard); `exclusive` for single-lock
+    /// objects.
+    #[inline]
+    pub(crate) fn pin(&self, exclusive: bool) {
+        self.seg.pin(exclusive);
+    }
+
+    /// Undoes one `pin`.
+    #[inline]
+    pub(crate) fn unpin(&self, exclusive: bool) {
+        self.seg.unpin(exclusive);
     }
 
     /// The kind-specific parameter.

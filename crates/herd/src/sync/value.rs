@@ -5,7 +5,6 @@ use std::any::type_name;
 use std::fmt;
 use std::io;
 use std::marker::PhantomData;
-use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -96,6 +95,35 @@ atomic_integer!(
     usize => a::AtomicUsize, isize => a::AtomicIsize,
 );
 
+/// Reads a `T` from shared memory byte by byte with relaxed atomic loads:
+/// other threads and processes may write it at the same time (a torn value
+/// is possible without the lock, as in Python; undefined behaviour is not).
+///
+/// # Safety
+/// `p` is valid for `size_of::<T>()` bytes for the call.
+unsafe fn load_bytes<T: Pod>(p: *const T) -> T {
+    let mut out = T::zeroed();
+    let dst = bytemuck::bytes_of_mut(&mut out);
+    for (i, b) in dst.iter_mut().enumerate() {
+        // SAFETY: byte `i` of the value is in bounds (caller's contract);
+        // an AtomicU8 may alias any byte.
+        *b = unsafe { a::AtomicU8::from_ptr(p.cast::<u8>().cast_mut().add(i)) }
+            .load(Ordering::Relaxed);
+    }
+    out
+}
+
+/// Writes a `T` to shared memory byte by byte with relaxed atomic stores.
+///
+/// # Safety
+/// As for [`load_bytes`].
+unsafe fn store_bytes<T: Pod>(p: *mut T, v: T) {
+    for (i, b) in bytemuck::bytes_of(&v).iter().enumerate() {
+        // SAFETY: as in `load_bytes`.
+        unsafe { a::AtomicU8::from_ptr(p.cast::<u8>().add(i)) }.store(*b, Ordering::Relaxed);
+    }
+}
+
 /// A stable tag for `T`, so a child refuses a region holding another type.
 fn tag<T>() -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -130,10 +158,12 @@ const fn check_align<T>() {
 ///
 /// Three ways in, as in Python:
 /// * [`get`](Self::get) / [`set`](Self::set) without the lock
-///   (`lock=False`): each is one copy, but `v.set(v.get() + 1)` from two
-///   processes loses updates — the seed's S9 race;
-/// * [`lock`](Self::lock): a guard that derefs to the value
-///   (`get_lock()`), robust like [`Lock`](super::Lock);
+///   (`lock=False`): each is one copy (of relaxed atomic bytes, so a
+///   concurrent write may tear a multi-byte value, but is never undefined
+///   behaviour), and `v.set(v.get() + 1)` from two processes loses updates
+///   — the seed's S9 race;
+/// * [`lock`](Self::lock): a guard to read and update the value under the
+///   lock (`get_lock()`), robust like [`Lock`](super::Lock);
 /// * for integers, atomic helpers (`fetch_add`, `compare_exchange`…).
 ///
 /// `T` is any [`bytemuck::Pod`] type (derive it with `bytemuck`'s derive
@@ -146,7 +176,7 @@ const fn check_align<T>() {
 /// #[herd::task]
 /// fn add_many(total: Value<u64>, n: u64) {
 ///     for _ in 0..n {
-///         *total.lock().unwrap() += 1;
+///         total.lock().unwrap().update(|v| v + 1);
 ///     }
 /// }
 ///
@@ -185,19 +215,18 @@ impl<T: Pod> Value<T> {
 
     /// The value, read without the lock.
     pub fn get(&self) -> T {
-        // SAFETY: the data area holds one `T` (checked at creation/open),
-        // aligned (64 ≥ align_of::<T>()); volatile because other processes
-        // write it behind the compiler's back; `T: Pod` has no invalid bits.
-        unsafe { self.ptr().read_volatile() }
+        // SAFETY: the data area holds one `T` (checked at creation/open);
+        // `T: Pod` has no invalid bits.
+        unsafe { load_bytes(self.ptr()) }
     }
 
     /// Replaces the value without the lock.
     pub fn set(&self, v: T) {
         // SAFETY: as in `get`.
-        unsafe { self.ptr().write_volatile(v) }
+        unsafe { store_bytes(self.ptr(), v) }
     }
 
-    /// Takes the value's lock; the guard derefs to the value.
+    /// Takes the value's lock.
     pub fn lock(&self) -> LockResult<ValueGuard<'_, T>> {
         self.take(None)
     }
@@ -298,51 +327,56 @@ impl<'de, T: Pod> Deserialize<'de> for Value<T> {
     }
 }
 
-/// Holds a [`Value`]'s lock and derefs to the value.
+/// Holds a [`Value`]'s lock. It copies the value in and out rather than
+/// lending a reference: memory other processes (or unlocked `set`s) can
+/// write is never behind a Rust reference.
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct ValueGuard<'a, T: Pod> {
     value: &'a Value<T>,
     _not_send: PhantomData<*const ()>,
 }
 
-impl<T: Pod> Deref for ValueGuard<'_, T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        // SAFETY: the lock is held, so no other herd user writes the value
-        // (unlocked `set` from elsewhere is the caller's documented race).
-        unsafe { &*self.value.ptr() }
+impl<T: Pod> ValueGuard<'_, T> {
+    /// The value.
+    pub fn get(&self) -> T {
+        self.value.get()
     }
-}
 
-impl<T: Pod> DerefMut for ValueGuard<'_, T> {
-    fn deref_mut(&mut self) -> &mut T {
-        // SAFETY: as in `deref`; the guard is borrowed mutably.
-        unsafe { &mut *self.value.ptr() }
+    /// Replaces the value.
+    pub fn set(&mut self, v: T) {
+        self.value.set(v);
+    }
+
+    /// Replaces the value with `f(value)`; returns the new value.
+    pub fn update(&mut self, f: impl FnOnce(T) -> T) -> T {
+        let v = f(self.get());
+        self.set(v);
+        v
     }
 }
 
 impl<T: Pod> Drop for ValueGuard<'_, T> {
     fn drop(&mut self) {
-        self.value.core.raw().unlock(std::thread::panicking());
+        self.value.core.release();
     }
 }
 
 impl<T: Pod + fmt::Debug> fmt::Debug for ValueGuard<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("ValueGuard").field(&**self).finish()
+        f.debug_tuple("ValueGuard").field(&self.get()).finish()
     }
 }
 
 /// A fixed-length array of plain `T` in shared memory, with its own robust
 /// lock: Python's `multiprocessing.Array`. Like [`Value`], elements can be
-/// read and written without the lock (`get`/`set`), under it (`lock`, a
-/// guard that derefs to `[T]`), or atomically for integers (`fetch_add`).
+/// read and written without the lock (`get`/`set`), under it (`lock`), or
+/// atomically for integers (`fetch_add`).
 ///
 /// ```
 /// # fn main() {
 /// herd::init();
 /// let a = herd::sync::Array::from_slice(&[1u32, 2, 3]).unwrap();
-/// a.lock().unwrap()[0] = 10;
+/// a.lock().unwrap().set(0, 10).unwrap();
 /// assert_eq!(a.to_vec(), vec![10, 2, 3]);
 /// assert_eq!(a.get(5), None);
 /// # }
@@ -404,7 +438,7 @@ impl<T: Pod> Array<T> {
     /// Element `i`, read without the lock; `None` out of range.
     pub fn get(&self, i: usize) -> Option<T> {
         // SAFETY: `i < len` elements fit the data area; see `Value::get`.
-        (i < self.len).then(|| unsafe { self.ptr().add(i).read_volatile() })
+        (i < self.len).then(|| unsafe { load_bytes(self.ptr().add(i)) })
     }
 
     /// Writes element `i` without the lock.
@@ -416,7 +450,7 @@ impl<T: Pod> Array<T> {
             });
         }
         // SAFETY: as in `get`.
-        unsafe { self.ptr().add(i).write_volatile(v) };
+        unsafe { store_bytes(self.ptr().add(i), v) };
         Ok(())
     }
 
@@ -425,7 +459,7 @@ impl<T: Pod> Array<T> {
         (0..self.len).filter_map(|i| self.get(i)).collect()
     }
 
-    /// Takes the array's lock; the guard derefs to `[T]`.
+    /// Takes the array's lock.
     pub fn lock(&self) -> LockResult<ArrayGuard<'_, T>> {
         let guard = || ArrayGuard {
             array: self,
@@ -517,36 +551,63 @@ impl<'de, T: Pod> Deserialize<'de> for Array<T> {
     }
 }
 
-/// Holds an [`Array`]'s lock and derefs to its elements.
+/// Holds an [`Array`]'s lock; elements are copied in and out (see
+/// [`ValueGuard`]).
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct ArrayGuard<'a, T: Pod> {
     array: &'a Array<T>,
     _not_send: PhantomData<*const ()>,
 }
 
-impl<T: Pod> Deref for ArrayGuard<'_, T> {
-    type Target = [T];
-    fn deref(&self) -> &[T] {
-        // SAFETY: `len` aligned elements under the held lock; see ValueGuard.
-        unsafe { std::slice::from_raw_parts(self.array.ptr(), self.array.len) }
+impl<T: Pod> ArrayGuard<'_, T> {
+    /// The number of elements.
+    pub fn len(&self) -> usize {
+        self.array.len()
     }
-}
 
-impl<T: Pod> DerefMut for ArrayGuard<'_, T> {
-    fn deref_mut(&mut self) -> &mut [T] {
-        // SAFETY: as in `deref`; the guard is borrowed mutably.
-        unsafe { std::slice::from_raw_parts_mut(self.array.ptr(), self.array.len) }
+    /// Whether it has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.array.is_empty()
+    }
+
+    /// Element `i`; `None` out of range.
+    pub fn get(&self, i: usize) -> Option<T> {
+        self.array.get(i)
+    }
+
+    /// Writes element `i`.
+    pub fn set(&mut self, i: usize, v: T) -> Result<(), IndexOutOfRange> {
+        self.array.set(i, v)
+    }
+
+    /// A copy of every element.
+    pub fn to_vec(&self) -> Vec<T> {
+        self.array.to_vec()
+    }
+
+    /// Overwrites the elements with `items` (which must be as long).
+    pub fn copy_from_slice(&mut self, items: &[T]) -> Result<(), IndexOutOfRange> {
+        if items.len() != self.array.len() {
+            return Err(IndexOutOfRange {
+                index: items.len(),
+                len: self.array.len(),
+            });
+        }
+        for (i, v) in items.iter().enumerate() {
+            self.array.set(i, *v)?;
+        }
+        Ok(())
     }
 }
 
 impl<T: Pod> Drop for ArrayGuard<'_, T> {
     fn drop(&mut self) {
-        self.array.core.raw().unlock(std::thread::panicking());
+        self.array.core.release();
     }
 }
 
 impl<T: Pod + fmt::Debug> fmt::Debug for ArrayGuard<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("ArrayGuard").field(&&**self).finish()
+        f.debug_tuple("ArrayGuard").field(&self.to_vec()).finish()
     }
 }
