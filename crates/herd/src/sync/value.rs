@@ -461,12 +461,21 @@ impl<T: Pod> Array<T> {
 
     /// Takes the array's lock.
     pub fn lock(&self) -> LockResult<ArrayGuard<'_, T>> {
+        self.take(None)
+    }
+
+    /// Takes the array's lock, waiting at most `timeout`.
+    pub fn lock_timeout(&self, timeout: Duration) -> LockResult<ArrayGuard<'_, T>> {
+        self.take(Instant::now().checked_add(timeout))
+    }
+
+    fn take(&self, deadline: Option<Instant>) -> LockResult<ArrayGuard<'_, T>> {
         let guard = || ArrayGuard {
             array: self,
             _not_send: PhantomData,
         };
         self.core
-            .acquire(None, true)
+            .acquire(deadline, true)
             .map(|()| guard())
             .map_err(|e| e.map_guard(|()| guard()))
     }
