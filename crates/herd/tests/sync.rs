@@ -431,6 +431,28 @@ fn barrier_with_a_dying_party() -> Result<(), Failed> {
     }
 }
 
+fn barrier_reset_breaks_waiters_then_works() -> Result<(), Failed> {
+    let b = Barrier::new(2)?;
+    let mut waiter = herd::spawn(at_barrier, (b.clone(),))?;
+    check(
+        eventually(|| {
+            waiter
+                .state()
+                .is_ok_and(|s| s == herd::ProcessState::Sleeping)
+        }),
+        "waiting",
+    )?;
+    b.reset();
+    match waiter.join()? {
+        Err(e) if e.contains("broken") => {}
+        other => return Err(format!("expected Broken after reset, got {other:?}").into()),
+    }
+    let mut next = herd::spawn(at_barrier, (b.clone(),))?;
+    let here = b.wait_timeout(GUARD)?;
+    let there = next.join()?.map_err(|e| format!("child: {e}"))?;
+    check(here ^ there, "a fresh round passes with one leader")
+}
+
 fn array_across_processes() -> Result<(), Failed> {
     let a = Array::<u64>::new(100)?;
     let mut x = herd::spawn(fill_array, (a.clone(), 0, 50))?;
@@ -694,6 +716,10 @@ fn main() {
         Trial::test("barrier_across_processes", barrier_across_processes),
         Trial::test("barrier_with_a_dying_party", barrier_with_a_dying_party),
         Trial::test("array_across_processes", array_across_processes),
+        Trial::test(
+            "barrier_reset_breaks_waiters_then_works",
+            barrier_reset_breaks_waiters_then_works,
+        ),
         Trial::test("no_shared_memory_files", no_shared_memory_files),
         Trial::test(
             "killed_waiter_does_not_strand_others",

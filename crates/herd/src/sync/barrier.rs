@@ -124,6 +124,12 @@ impl Barrier {
         self.word(72)
     }
 
+    /// Bumped by every `reset`: a waiter whose round ended by a reset gets
+    /// `Broken`, as in Python.
+    fn resets(&self) -> &AtomicU32 {
+        self.word(76)
+    }
+
     fn slot(&self, i: u32) -> &RawMutex {
         // SAFETY: party slot `i < parties`, 64 bytes each after byte 128.
         unsafe { RawMutex::at(self.region.body().add(128 + 64 * i as usize)) }
@@ -146,9 +152,11 @@ impl Barrier {
         os::futex_wake(self.generation(), os::WAKE_ALL);
     }
 
-    /// Mends a broken barrier (call it when no party is waiting); slots
-    /// left by dead parties are freed.
+    /// Returns the barrier to its empty state: parties waiting now get
+    /// [`BarrierError::Broken`] (as in Python), later ones start a fresh
+    /// round; slots left by dead parties are freed.
     pub fn reset(&self) {
+        let locked = self.state().lock(false, None, None, || false).is_ok();
         for i in 0..self.parties {
             // SAFETY: the slot's first word (see `slot`).
             let w = unsafe {
@@ -161,7 +169,11 @@ impl Barrier {
         }
         self.arrived().store(0, Ordering::Release);
         self.broken().store(0, Ordering::Release);
+        self.resets().fetch_add(1, Ordering::Release);
         self.generation().fetch_add(1, Ordering::Release);
+        if locked {
+            self.state().unlock(false);
+        }
         os::futex_wake(self.generation(), os::WAKE_ALL);
     }
 
@@ -253,6 +265,7 @@ impl Barrier {
             return Err(BarrierError::Broken);
         }
         let my_gen = self.generation().load(Ordering::Acquire);
+        let my_resets = self.resets().load(Ordering::Acquire);
         let arrived = self.arrived().fetch_add(1, Ordering::AcqRel) + 1;
         if arrived >= self.parties {
             self.arrived().store(0, Ordering::Release);
@@ -271,7 +284,11 @@ impl Barrier {
                 Some(deadline.map_or(check_at, |d| d.min(check_at))),
             );
             if self.generation().load(Ordering::Acquire) != my_gen {
-                return Ok(false);
+                return if self.resets().load(Ordering::Acquire) == my_resets {
+                    Ok(false)
+                } else {
+                    Err(BarrierError::Broken)
+                };
             }
             if self.is_broken() {
                 return Err(BarrierError::Broken);

@@ -17,6 +17,13 @@
 //! naming the cycle; the others keep waiting (they are released when it
 //! backs off and drops what it holds).
 //!
+//! Limits: a waiter killed while waiting leaves its thread id in the table
+//! until the table fills and dead ids are swept; if the kernel reuses that
+//! id meanwhile for a thread that is itself part of a wait chain, a false
+//! cycle could be seen — the two-sightings rule makes that unlikely, not
+//! impossible. Cycles through locks not mapped in the detecting process are
+//! not seen.
+//!
 //! Cost: an uncontended acquisition pays nothing. A thread that must wait
 //! claims a slot in the lock's table (one CAS, beside a futex sleep that
 //! costs microseconds). With detection on, every 100 ms of waiting also
