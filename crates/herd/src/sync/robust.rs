@@ -219,61 +219,91 @@ impl RawMutex {
     fn attempt(&self, reentrant: bool, waited: bool) -> Result<Option<Acquired>, NotAcquired> {
         let me = tid();
         let head = head();
-        let cur = self.word.load(Ordering::Relaxed);
+        // Once a thread has slept on the word it keeps WAITERS set, so the
+        // unlock after it wakes the next sleeper too.
+        let sticky = if waited { robust::WAITERS } else { 0 };
+        // Optimistically expect a free, clean word: one CAS, no prior load.
+        // The entry is announced first, so that dying between the CAS and
+        // the link still releases the lock.
+        self.announce(head);
+        let cur =
+            match self
+                .word
+                .compare_exchange(0, me | sticky, Ordering::Acquire, Ordering::Relaxed)
+            {
+                Ok(_) => return Ok(Some(self.won(head, 0))),
+                Err(cur) => cur,
+            };
         let owner = cur & robust::TID_MASK;
-        if owner == me {
-            if reentrant {
-                self.depth.fetch_add(1, Ordering::Relaxed);
-                return Ok(Some(Acquired::Reentered));
-            }
-            return Err(NotAcquired::SelfDeadlock);
-        }
         if owner != 0 {
+            self.settle(head);
+            if owner == me {
+                if reentrant {
+                    self.depth.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Some(Acquired::Reentered));
+                }
+                return Err(NotAcquired::SelfDeadlock);
+            }
             return Ok(None);
         }
-        // Free (perhaps after its owner died). Announce the entry first, so
-        // that dying between the CAS and the link still releases it.
+        // Free, with WAITERS or OWNER_DIED set (or it changed meanwhile).
+        let waiters = sticky | (cur & robust::WAITERS);
+        match self
+            .word
+            .compare_exchange(cur, me | waiters, Ordering::Acquire, Ordering::Relaxed)
+        {
+            Ok(_) => Ok(Some(self.won(head, cur))),
+            Err(_) => {
+                self.settle(head);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Sets `list_op_pending` to this mutex.
+    #[inline]
+    fn announce(&self, head: Option<*mut usize>) {
         if let Some(h) = head {
             // SAFETY: `h` is this thread's robust head; its third word is
             // `list_op_pending`, written only by this thread.
             unsafe { h.add(2).write_volatile(self.entry()) };
+            compiler_fence(Ordering::SeqCst);
         }
-        // Once a thread has slept on the word it keeps WAITERS set, so the
-        // unlock after it wakes the next sleeper too.
-        let waiters = if waited {
-            robust::WAITERS
-        } else {
-            cur & robust::WAITERS
-        };
-        let won = self
-            .word
-            .compare_exchange(cur, me | waiters, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok();
-        if won && let Some(h) = head {
-            // SAFETY: as above; we own the lock now, so its links are ours.
-            unsafe { self.link(h) };
-        }
+    }
+
+    /// Clears `list_op_pending`.
+    #[inline]
+    fn settle(&self, head: Option<*mut usize>) {
         if let Some(h) = head {
             compiler_fence(Ordering::SeqCst);
-            // SAFETY: as above.
+            // SAFETY: as in `announce`.
             unsafe { h.add(2).write_volatile(0) };
         }
-        if !won {
-            return Ok(None);
+    }
+
+    /// The lock was just taken from the word value `prev`: link it, settle,
+    /// and report how it was left.
+    #[inline]
+    fn won(&self, head: Option<*mut usize>, prev: u32) -> Acquired {
+        if let Some(h) = head {
+            // SAFETY: `h` is this thread's robust head and we own the lock,
+            // so its links are ours.
+            unsafe { self.link(h) };
         }
-        if cur & robust::OWNER_DIED != 0 {
+        self.settle(head);
+        if prev & robust::OWNER_DIED != 0 {
             self.depth.store(0, Ordering::Relaxed);
             self.poisoned.store(0, Ordering::Relaxed);
-            return Ok(Some(Acquired::OwnerDied));
+            return Acquired::OwnerDied;
         }
         // A plain load first: a locked swap on every acquisition would
         // double the cost of the uncontended path.
         if self.poisoned.load(Ordering::Relaxed) != 0
             && self.poisoned.swap(0, Ordering::Relaxed) != 0
         {
-            return Ok(Some(Acquired::Poisoned));
+            return Acquired::Poisoned;
         }
-        Ok(Some(Acquired::Clean))
+        Acquired::Clean
     }
 
     /// Releases one level; the last one unlocks. `poison` marks that the
