@@ -221,3 +221,15 @@ fn s9_processes_right_with_the_lock_and_deadlock_reported() {
         "{lines:#?}"
     );
 }
+
+#[test]
+fn s7_queue_reader_gets_everything_then_is_terminated() {
+    let lines = run("s7_queue", &[]);
+    let puts: Vec<_> = lines.iter().filter(|l| l.starts_with("Put ")).collect();
+    assert_eq!(puts.len(), 3, "{lines:#?}");
+    for v in ["A", "B", "C"] {
+        let put = pos(&lines, &format!("Put {v} to queue"));
+        let got = pos(&lines, &format!("Get {v} from queue."));
+        assert!(put < got, "{lines:#?}");
+    }
+}

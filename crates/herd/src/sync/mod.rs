@@ -27,6 +27,9 @@ mod semaphore;
 mod shared;
 mod value;
 
+pub(crate) use lock::{LOCK_BODY, LockCore};
+pub(crate) use shared::{Kind, Region};
+
 pub use barrier::{Barrier, BarrierError, Party};
 pub use bytemuck::{Pod, Zeroable};
 pub use condition::{Condition, ConditionGuard};

@@ -34,6 +34,7 @@ pub(crate) enum Kind {
     Semaphore = 7,
     Barrier = 8,
     BoundedSemaphore = 9,
+    Queue = 10,
 }
 
 /// A mapped region holding one shared object.

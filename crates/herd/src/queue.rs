@@ -1,0 +1,582 @@
+//! [`Queue`]: a typed, bounded, multi-producer multi-consumer queue in
+//! shared memory, across threads and processes — Python's
+//! `multiprocessing.Queue` without its silent losses.
+//!
+//! The queue is a byte ring in a sealed memfd, guarded by a robust lock
+//! (see [`sync::Lock`](crate::sync::Lock)). A message is its length (4
+//! bytes) and its MessagePack bytes. Every operation publishes last: `put`
+//! writes the message, then advances the tail and the count; `get` copies
+//! the message out, then advances the head. So a process killed at any
+//! instant — the lock is then released by the kernel and the next user sees
+//! "owner died" — leaves the queue consistent:
+//!
+//! * a producer killed inside `put` before it published: its item was never
+//!   in the queue (its `put` never returned); nothing else is touched;
+//! * a consumer killed inside `get` before it advanced the head: the item
+//!   stays in the queue for the next consumer (it was never returned);
+//! * a consumer killed after its `get` returned: that one item is gone with
+//!   it, like any value a process holds when it dies.
+//!
+//! Nothing is ever delivered twice. When `put` returns `Ok` the item is in
+//! shared memory: no feeder thread can lose it at exit. Waiting uses futex
+//! sequence words beside the ring; a waiter rechecks at least every 100 ms.
+
+use std::fmt;
+use std::io;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use thiserror::Error;
+
+use crate::os;
+use crate::sync::{Kind, LOCK_BODY, LockCore, LockError, Region};
+
+/// Bytes of the ring for an "unbounded" queue: 1 GiB of address space,
+/// of which only the pages used are ever allocated.
+const UNBOUNDED_BYTES: u64 = 1 << 30;
+/// Bytes of the ring for a bounded queue.
+const BOUNDED_BYTES: u64 = 64 << 20;
+/// The state line after the lock: head, tail, count, closed, wait words.
+const STATE: usize = 64;
+/// The longest a waiter sleeps before it looks again.
+const RECHECK: Duration = Duration::from_millis(100);
+
+/// Why a `put` did not happen. The value comes back in every case.
+#[derive(Error)]
+pub enum PutError<T> {
+    /// The queue is full (`try_put`).
+    #[error("the queue is full")]
+    Full(T),
+    /// The timeout passed while the queue stayed full.
+    #[error("timed out waiting for room in the queue")]
+    Timeout(T),
+    /// The queue was closed.
+    #[error("the queue is closed")]
+    Closed(T),
+    /// The encoded value is larger than the queue's message limit.
+    #[error("a message of {size} bytes exceeds the queue's {limit}-byte limit")]
+    TooLarge {
+        /// The value.
+        value: T,
+        /// Its encoded size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The value did not serialize.
+    #[error("the value did not serialize: {reason}")]
+    Encode {
+        /// The value.
+        value: T,
+        /// What the encoder said.
+        reason: String,
+    },
+}
+
+impl<T> PutError<T> {
+    /// The value that was not put.
+    pub fn into_inner(self) -> T {
+        match self {
+            Self::Full(v) | Self::Timeout(v) | Self::Closed(v) => v,
+            Self::TooLarge { value, .. } | Self::Encode { value, .. } => value,
+        }
+    }
+}
+
+impl<T> fmt::Debug for PutError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Full(_) => f.write_str("Full(..)"),
+            Self::Timeout(_) => f.write_str("Timeout(..)"),
+            Self::Closed(_) => f.write_str("Closed(..)"),
+            Self::TooLarge { size, limit, .. } => {
+                write!(f, "TooLarge {{ size: {size}, limit: {limit}, .. }}")
+            }
+            Self::Encode { reason, .. } => write!(f, "Encode {{ reason: {reason:?}, .. }}"),
+        }
+    }
+}
+
+/// Why a `get` returned no value.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum GetError {
+    /// The queue is empty (`try_get`).
+    #[error("the queue is empty")]
+    Empty,
+    /// The timeout passed while the queue stayed empty.
+    #[error("timed out waiting for an item")]
+    Timeout,
+    /// The queue is closed and empty.
+    #[error("the queue is closed")]
+    Closed,
+    /// The message did not deserialize into the queue's type (it was taken
+    /// off the queue; the next one is unaffected).
+    #[error("a message did not deserialize: {0}")]
+    Decode(String),
+}
+
+/// Configures a [`Queue`].
+#[derive(Debug, Clone)]
+pub struct QueueBuilder {
+    maxsize: u32,
+    bytes: u64,
+    max_message: Option<usize>,
+}
+
+impl QueueBuilder {
+    /// At most this many items (0: no limit, the default).
+    pub fn maxsize(mut self, n: u32) -> Self {
+        self.maxsize = n;
+        self
+    }
+
+    /// The ring's size in bytes (rounded up to a power of two; default
+    /// 1 GiB for an unbounded queue, 64 MiB for a bounded one). Memory is
+    /// used only as far as the queue fills.
+    pub fn capacity_bytes(mut self, n: u64) -> Self {
+        self.bytes = n;
+        self
+    }
+
+    /// The largest encoded message accepted (default: a quarter of the ring).
+    pub fn max_message(mut self, n: usize) -> Self {
+        self.max_message = Some(n);
+        self
+    }
+
+    /// Creates the queue.
+    pub fn build<T>(self) -> io::Result<Queue<T>> {
+        let bytes = if self.bytes == 0 {
+            if self.maxsize == 0 {
+                UNBOUNDED_BYTES
+            } else {
+                BOUNDED_BYTES
+            }
+        } else {
+            self.bytes.clamp(4096, 1 << 40).next_power_of_two()
+        };
+        let shift = bytes.trailing_zeros();
+        let param = (u64::from(self.maxsize) << 8) | u64::from(shift);
+        let core = LockCore::new(Kind::Queue, false, param, STATE + bytes as usize)?;
+        Ok(Queue::from_core(core, param, self.max_message))
+    }
+}
+
+/// A multi-producer, multi-consumer queue of `T` shared by threads and
+/// processes. Clones, and copies passed to children as task arguments, are
+/// the same queue.
+///
+/// ```
+/// use herd::Queue;
+///
+/// #[herd::task]
+/// fn produce(q: Queue<String>) {
+///     for w in ["A", "B", "C"] {
+///         q.put(w.to_owned()).unwrap();
+///     }
+/// }
+///
+/// fn main() {
+///     herd::init();
+///     let q = Queue::new().unwrap();
+///     herd::spawn(produce, (q.clone(),)).unwrap().join().unwrap();
+///     let got: Vec<String> = (0..3).map(|_| q.get().unwrap()).collect();
+///     assert_eq!(got, ["A", "B", "C"]);
+/// }
+/// ```
+pub struct Queue<T> {
+    core: Arc<LockCore>,
+    cap: u64,
+    maxsize: u32,
+    max_message: usize,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Queue<T> {
+    fn clone(&self) -> Self {
+        Self {
+            core: Arc::clone(&self.core),
+            cap: self.cap,
+            maxsize: self.maxsize,
+            max_message: self.max_message,
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for Queue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue")
+            .field("len", &self.len())
+            .field("maxsize", &self.maxsize)
+            .finish()
+    }
+}
+
+impl Queue<()> {
+    /// Configures a queue (its item type comes from `build`).
+    pub fn builder() -> QueueBuilder {
+        QueueBuilder {
+            maxsize: 0,
+            bytes: 0,
+            max_message: None,
+        }
+    }
+}
+
+impl<T> Queue<T> {
+    /// An unbounded queue.
+    pub fn new() -> io::Result<Self> {
+        Queue::builder().build()
+    }
+
+    /// A queue of at most `maxsize` items: `put` waits while it is full.
+    pub fn bounded(maxsize: u32) -> io::Result<Self> {
+        Queue::builder().maxsize(maxsize).build()
+    }
+
+    fn from_core(core: Arc<LockCore>, param: u64, max_message: Option<usize>) -> Self {
+        let cap = 1u64 << (param & 0xff);
+        let limit = max_message
+            .unwrap_or((cap / 4) as usize)
+            .min((cap / 2) as usize);
+        Self {
+            core,
+            cap,
+            maxsize: (param >> 8) as u32,
+            max_message: limit,
+            _t: PhantomData,
+        }
+    }
+
+    fn state(&self) -> *mut u8 {
+        self.core.extra()
+    }
+
+    fn word64(&self, off: usize) -> &AtomicU64 {
+        // SAFETY: the state line is 64 bytes, 64-byte aligned, after the
+        // lock; offsets 0 and 8 hold u64s.
+        unsafe { AtomicU64::from_ptr(self.state().add(off).cast()) }
+    }
+
+    fn word32(&self, off: usize) -> &AtomicU32 {
+        // SAFETY: as in `word64`; offsets 16..40 hold u32s.
+        unsafe { AtomicU32::from_ptr(self.state().add(off).cast()) }
+    }
+
+    fn head(&self) -> &AtomicU64 {
+        self.word64(0)
+    }
+    fn tail(&self) -> &AtomicU64 {
+        self.word64(8)
+    }
+    fn count(&self) -> &AtomicU32 {
+        self.word32(16)
+    }
+    fn closed(&self) -> &AtomicU32 {
+        self.word32(20)
+    }
+    fn not_empty(&self) -> &AtomicU32 {
+        self.word32(24)
+    }
+    fn not_full(&self) -> &AtomicU32 {
+        self.word32(28)
+    }
+    fn sleeping_getters(&self) -> &AtomicU32 {
+        self.word32(32)
+    }
+    fn sleeping_putters(&self) -> &AtomicU32 {
+        self.word32(36)
+    }
+
+    fn ring(&self) -> *mut u8 {
+        // SAFETY: the ring follows the state line (size checked at open).
+        unsafe { self.state().add(STATE) }
+    }
+
+    /// Copies `data` into the ring at logical position `pos`, wrapping.
+    fn write_at(&self, pos: u64, data: &[u8]) {
+        let off = (pos & (self.cap - 1)) as usize;
+        let first = data.len().min(self.cap as usize - off);
+        // SAFETY: both pieces lie inside the ring (`off < cap`, lengths
+        // bounded by the space checked under the lock, which we hold).
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ring().add(off), first);
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr().add(first),
+                self.ring(),
+                data.len() - first,
+            );
+        }
+    }
+
+    /// Copies `out.len()` bytes from logical position `pos`, wrapping.
+    fn read_at(&self, pos: u64, out: &mut [u8]) {
+        let off = (pos & (self.cap - 1)) as usize;
+        let first = out.len().min(self.cap as usize - off);
+        // SAFETY: as in `write_at`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ring().add(off), out.as_mut_ptr(), first);
+            std::ptr::copy_nonoverlapping(
+                self.ring(),
+                out.as_mut_ptr().add(first),
+                out.len() - first,
+            );
+        }
+    }
+
+    /// Takes the lock (a dead previous holder is fine: every operation
+    /// publishes last, so the state is consistent whenever it is released).
+    fn lock(&self, deadline: Option<Instant>) -> bool {
+        match self.core.acquire(deadline, true) {
+            Ok(()) | Err(LockError::Poisoned { .. }) => true,
+            Err(_) => false,
+        }
+    }
+
+    fn unlock(&self) {
+        self.core.release();
+    }
+
+    /// Sleeps on `word` (its value read under the lock, which is released
+    /// around the sleep) until woken, `deadline`, or the recheck interval.
+    /// Returns with the lock held again, or `false` if it could not be.
+    fn sleep(&self, word: &AtomicU32, sleepers: &AtomicU32, deadline: Option<Instant>) -> bool {
+        let seen = word.load(Ordering::Acquire);
+        sleepers.fetch_add(1, Ordering::AcqRel);
+        self.unlock();
+        let recheck = Instant::now() + RECHECK;
+        os::futex_wait(
+            word,
+            seen,
+            Some(deadline.map_or(recheck, |d| d.min(recheck))),
+        );
+        sleepers.fetch_sub(1, Ordering::AcqRel);
+        self.lock(None)
+    }
+
+    fn signal(&self, word: &AtomicU32, sleepers: &AtomicU32, all: bool) {
+        word.fetch_add(1, Ordering::Release);
+        if sleepers.load(Ordering::Acquire) != 0 {
+            os::futex_wake(word, if all { os::WAKE_ALL } else { 1 });
+        }
+    }
+
+    /// The number of items in the queue now.
+    pub fn len(&self) -> usize {
+        self.count().load(Ordering::Acquire) as usize
+    }
+
+    /// Whether the queue is empty now.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether the queue is full now (never, for an unbounded queue whose
+    /// ring has room).
+    pub fn is_full(&self) -> bool {
+        self.maxsize != 0 && self.len() >= self.maxsize as usize
+    }
+
+    /// Whether the queue was closed.
+    pub fn is_closed(&self) -> bool {
+        self.closed().load(Ordering::Acquire) != 0
+    }
+
+    /// Closes the queue: every `put` fails from now on, `get` drains what
+    /// is left and then fails; blocked callers wake with `Closed`.
+    pub fn close(&self) {
+        let locked = self.lock(None);
+        self.closed().store(1, Ordering::Release);
+        if locked {
+            self.unlock();
+        }
+        self.signal(self.not_empty(), self.sleeping_getters(), true);
+        self.signal(self.not_full(), self.sleeping_putters(), true);
+    }
+}
+
+impl<T: Serialize> Queue<T> {
+    /// Puts `value`, waiting while the queue is full.
+    pub fn put(&self, value: T) -> Result<(), PutError<T>> {
+        self.put_until(value, None, true)
+    }
+
+    /// Puts `value` if there is room now.
+    pub fn try_put(&self, value: T) -> Result<(), PutError<T>> {
+        self.put_until(value, None, false)
+    }
+
+    /// Puts `value`, waiting at most `timeout` for room.
+    pub fn put_timeout(&self, value: T, timeout: Duration) -> Result<(), PutError<T>> {
+        self.put_until(value, Instant::now().checked_add(timeout), true)
+    }
+
+    fn put_until(
+        &self,
+        value: T,
+        deadline: Option<Instant>,
+        wait: bool,
+    ) -> Result<(), PutError<T>> {
+        let bytes = match crate::task::encode(&value) {
+            Ok(b) => b,
+            Err(reason) => return Err(PutError::Encode { value, reason }),
+        };
+        if bytes.len() > self.max_message {
+            return Err(PutError::TooLarge {
+                value,
+                size: bytes.len(),
+                limit: self.max_message,
+            });
+        }
+        let need = 4 + bytes.len() as u64;
+        if !self.lock(deadline) {
+            return Err(PutError::Timeout(value));
+        }
+        loop {
+            if self.is_closed() {
+                self.unlock();
+                return Err(PutError::Closed(value));
+            }
+            let used = self.tail().load(Ordering::Relaxed) - self.head().load(Ordering::Relaxed);
+            let full = (self.maxsize != 0 && self.count().load(Ordering::Relaxed) >= self.maxsize)
+                || used + need > self.cap;
+            if !full {
+                break;
+            }
+            if !wait {
+                self.unlock();
+                return Err(PutError::Full(value));
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                self.unlock();
+                return Err(PutError::Timeout(value));
+            }
+            if !self.sleep(self.not_full(), self.sleeping_putters(), deadline) {
+                return Err(PutError::Timeout(value));
+            }
+        }
+        let tail = self.tail().load(Ordering::Relaxed);
+        self.write_at(tail, &(bytes.len() as u32).to_le_bytes());
+        self.write_at(tail + 4, &bytes);
+        // Publish last: a producer that dies before this line left nothing.
+        self.tail().store(tail + need, Ordering::Release);
+        self.count().fetch_add(1, Ordering::AcqRel);
+        self.unlock();
+        self.signal(self.not_empty(), self.sleeping_getters(), false);
+        Ok(())
+    }
+}
+
+impl<T: DeserializeOwned> Queue<T> {
+    /// Takes the next item, waiting while the queue is empty.
+    pub fn get(&self) -> Result<T, GetError> {
+        self.get_until(None, true)
+    }
+
+    /// Takes the next item if there is one now.
+    pub fn try_get(&self) -> Result<T, GetError> {
+        self.get_until(None, false)
+    }
+
+    /// Takes the next item, waiting at most `timeout`.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
+        self.get_until(Instant::now().checked_add(timeout), true)
+    }
+
+    fn get_until(&self, deadline: Option<Instant>, wait: bool) -> Result<T, GetError> {
+        if !self.lock(deadline) {
+            return Err(GetError::Timeout);
+        }
+        loop {
+            if self.count().load(Ordering::Relaxed) > 0 {
+                break;
+            }
+            if self.is_closed() {
+                self.unlock();
+                return Err(GetError::Closed);
+            }
+            if !wait {
+                self.unlock();
+                return Err(GetError::Empty);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                self.unlock();
+                return Err(GetError::Timeout);
+            }
+            if !self.sleep(self.not_empty(), self.sleeping_getters(), deadline) {
+                return Err(GetError::Timeout);
+            }
+        }
+        let head = self.head().load(Ordering::Relaxed);
+        let tail = self.tail().load(Ordering::Relaxed);
+        let mut len = [0u8; 4];
+        self.read_at(head, &mut len);
+        let len = u32::from_le_bytes(len) as u64;
+        if len + 4 > tail - head {
+            // Corrupt state (only a foreign writer could cause it): drop
+            // everything rather than read garbage.
+            self.head().store(tail, Ordering::Release);
+            self.count().store(0, Ordering::Release);
+            self.unlock();
+            return Err(GetError::Decode(
+                "corrupt queue state; the queue was reset".to_owned(),
+            ));
+        }
+        let mut bytes = vec![0u8; len as usize];
+        self.read_at(head + 4, &mut bytes);
+        // Publish last: a consumer that dies before this line took nothing.
+        self.head().store(head + 4 + len, Ordering::Release);
+        self.count().fetch_sub(1, Ordering::AcqRel);
+        self.unlock();
+        self.signal(self.not_full(), self.sleeping_putters(), false);
+        crate::task::decode(&bytes).map_err(GetError::Decode)
+    }
+}
+
+/// Serializes the queue's region (its memfd travels beside the bytes).
+struct RegionRef<'a>(&'a Region);
+
+impl Serialize for RegionRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+/// A queue region read back, its size checked against its parameter.
+struct QueueRegion(Region);
+
+impl<'de> Deserialize<'de> for QueueRegion {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Region::deserialize(d, Kind::Queue, |param| {
+            let shift = param & 0xff;
+            (12..=40)
+                .contains(&shift)
+                .then(|| LOCK_BODY + STATE + (1usize << shift))
+        })
+        .map(Self)
+    }
+}
+
+impl<T> Serialize for Queue<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (RegionRef(self.core.region()), self.max_message as u64).serialize(s)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Queue<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (QueueRegion(region), max_message) = <(QueueRegion, u64)>::deserialize(d)?;
+        let param = region.param();
+        let core = LockCore::from_region(region, false);
+        Ok(Self::from_core(
+            core,
+            param,
+            usize::try_from(max_message).ok(),
+        ))
+    }
+}
