@@ -3,15 +3,16 @@
 //! `cargo run --release -p herd-bench -- <suite> [--quick]` prints one JSON
 //! object per line:
 //! `{"suite":"spawn","case":"trivial","impl":"herd-forkserver","metric":"median_us","value":412.0,"unit":"us"}`.
-//! Suites: `spawn`, `sync` (or `all`). `--quick` keeps each suite under 30 seconds.
+//! Suites: `spawn`, `sync`, `queue` (or `all`). `--quick` keeps each suite under 30 seconds.
 
+mod queue;
 mod report;
 mod spawn;
 mod sync;
 
 use std::process::ExitCode;
 
-const SUITES: &[&str] = &["spawn", "sync"];
+const SUITES: &[&str] = &["spawn", "sync", "queue"];
 
 fn main() -> ExitCode {
     // Both are no-ops in the benchmark itself; in a child they run its task.
@@ -40,9 +41,11 @@ fn main() -> ExitCode {
     match suite.as_str() {
         "spawn" => spawn::run(quick),
         "sync" => sync::run(quick),
+        "queue" => queue::run(quick),
         "all" => {
             spawn::run(quick);
             sync::run(quick);
+            queue::run(quick);
         }
         other => {
             eprintln!(

@@ -1,0 +1,153 @@
+//! Suite `queue`: messages per second and MB/s through a queue from one
+//! producer process to one consumer (the parent): herd `Queue` against
+//! Python's `multiprocessing.Queue`, with `crossbeam-channel` between two
+//! threads as the in-process ceiling. 8-byte and 64 KiB messages.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use herd::Queue;
+use serde_bytes::ByteBuf;
+
+use crate::report::{Record, emit, note};
+
+const SUITE: &str = "queue";
+
+fn record(case: &str, implementation: &str, msgs_s: f64, size: usize) {
+    emit(&Record {
+        suite: SUITE,
+        case,
+        implementation,
+        metric: "msgs_per_s",
+        value: msgs_s,
+        unit: "msgs/s",
+    });
+    let mb = msgs_s * size as f64 / 1e6;
+    emit(&Record {
+        suite: SUITE,
+        case,
+        implementation,
+        metric: "mb_per_s",
+        value: mb,
+        unit: "MB/s",
+    });
+}
+
+#[herd::task]
+fn produce(q: Queue<ByteBuf>, size: usize, n: u64) {
+    let payload = ByteBuf::from(vec![7u8; size]);
+    for _ in 0..n {
+        if q.put(payload.clone()).is_err() {
+            return;
+        }
+    }
+}
+
+fn herd_case(size: usize, n: u64) -> Result<f64, String> {
+    let q: Queue<ByteBuf> = Queue::bounded(1024).map_err(|e| e.to_string())?;
+    let t = Instant::now();
+    let mut p = herd::spawn(produce, (q.clone(), size, n)).map_err(|e| e.to_string())?;
+    for _ in 0..n {
+        q.get().map_err(|e| e.to_string())?;
+    }
+    let dt = t.elapsed().as_secs_f64();
+    p.join().map_err(|e| e.to_string())?;
+    Ok(n as f64 / dt)
+}
+
+fn crossbeam_case(size: usize, n: u64) -> f64 {
+    let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(1024);
+    let t = Instant::now();
+    let producer = std::thread::spawn(move || {
+        let payload = vec![7u8; size];
+        for _ in 0..n {
+            if tx.send(payload.clone()).is_err() {
+                return;
+            }
+        }
+    });
+    for _ in 0..n {
+        let _ = rx.recv();
+    }
+    let dt = t.elapsed().as_secs_f64();
+    let _ = producer.join();
+    n as f64 / dt
+}
+
+fn python_case(size: usize, n: u64) -> Option<f64> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join("mp_queue.py");
+    match Command::new("python3")
+        .arg(&script)
+        .arg(size.to_string())
+        .arg(n.to_string())
+        .output()
+    {
+        Ok(o) if o.status.success() => {
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+            v.get("msgs_s")?.as_f64()
+        }
+        Ok(o) => {
+            note(
+                SUITE,
+                &format!(
+                    "python failed: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
+            );
+            None
+        }
+        Err(e) => {
+            note(
+                SUITE,
+                &format!("python3 not available ({e}); Python baselines skipped"),
+            );
+            None
+        }
+    }
+}
+
+/// Runs the suite.
+pub(crate) fn run(quick: bool) {
+    for (case, size, n, py_n) in [
+        (
+            "8B-1to1",
+            8usize,
+            if quick { 200_000u64 } else { 2_000_000 },
+            if quick { 20_000u64 } else { 100_000 },
+        ),
+        (
+            "64KiB-1to1",
+            64 * 1024,
+            if quick { 5_000 } else { 40_000 },
+            if quick { 2_000 } else { 10_000 },
+        ),
+    ] {
+        let herd = herd_case(size, n);
+        match &herd {
+            Ok(v) => record(case, "herd-queue", *v, size),
+            Err(e) => note(SUITE, &format!("herd {case} failed: {e}")),
+        }
+        record(
+            case,
+            "crossbeam-channel-threads",
+            crossbeam_case(size, n),
+            size,
+        );
+        if let Some(py) = python_case(size, py_n) {
+            record(case, "python-mp-queue", py, size);
+            if let Ok(h) = herd {
+                emit(&Record {
+                    suite: SUITE,
+                    case,
+                    implementation: "herd-queue",
+                    metric: "speedup_vs_python",
+                    value: h / py,
+                    unit: "x",
+                });
+            }
+        }
+    }
+}
