@@ -117,7 +117,7 @@ pub use process::{
     Refusal, Signal, StartError, StartMethod, Stdio, active_children, current_process,
     forkserver_pid, init, set_start_method, spawn, start_method,
 };
-pub use queue::{GetError, PutError, Queue, QueueBuilder};
+pub use queue::{GetError, JoinableQueue, PutError, Queue, QueueBuilder, SimpleQueue};
 pub use task::{PanicReport, PreparedTask, RunFailure, TaskEntry, TaskFn};
 
 /// Registers a function as a herd task. See the [crate docs](crate#tasks).

@@ -292,6 +292,10 @@ impl<T> Queue<T> {
     fn sleeping_putters(&self) -> &AtomicU32 {
         self.word32(36)
     }
+    /// Items put and not yet marked done (`JoinableQueue`).
+    fn unfinished(&self) -> &AtomicU32 {
+        self.word32(40)
+    }
 
     fn ring(&self) -> *mut u8 {
         // SAFETY: the ring follows the state line (size checked at open).
@@ -466,6 +470,7 @@ impl<T: Serialize> Queue<T> {
         // Publish last: a producer that dies before this line left nothing.
         self.tail().store(tail + need, Ordering::Release);
         self.count().fetch_add(1, Ordering::AcqRel);
+        self.unfinished().fetch_add(1, Ordering::AcqRel);
         self.unlock();
         self.signal(self.not_empty(), self.sleeping_getters(), false);
         Ok(())
@@ -580,3 +585,138 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
         ))
     }
 }
+
+/// Why [`JoinableQueue::task_done`] failed.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+#[error("task_done called more times than items were put")]
+pub struct TooManyTaskDone;
+
+/// A [`Queue`] that also counts unfinished items: every `put` adds one,
+/// every [`task_done`](Self::task_done) takes one away, and
+/// [`join`](Self::join) waits until none is left — Python's
+/// `multiprocessing.JoinableQueue`. (As in Python, a consumer that dies
+/// between `get` and `task_done` leaves its item unfinished: use
+/// [`join_timeout`](Self::join_timeout) where that can happen.)
+///
+/// ```
+/// # fn main() {
+/// herd::init();
+/// let q = herd::queue::JoinableQueue::new().unwrap();
+/// q.put(1u8).unwrap();
+/// let _item = q.get().unwrap();
+/// q.task_done().unwrap();
+/// q.join();
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct JoinableQueue<T> {
+    queue: Queue<T>,
+}
+
+impl<T> Clone for JoinableQueue<T> {
+    fn clone(&self) -> Self {
+        Self {
+            queue: self.queue.clone(),
+        }
+    }
+}
+
+impl<T> JoinableQueue<T> {
+    /// An unbounded joinable queue.
+    pub fn new() -> io::Result<Self> {
+        Ok(Self {
+            queue: Queue::new()?,
+        })
+    }
+
+    /// A joinable queue of at most `maxsize` items.
+    pub fn bounded(maxsize: u32) -> io::Result<Self> {
+        Ok(Self {
+            queue: Queue::bounded(maxsize)?,
+        })
+    }
+
+    /// The underlying queue (for `try_get`, `len`, `close`…).
+    pub fn queue(&self) -> &Queue<T> {
+        &self.queue
+    }
+
+    /// Marks one item as finished.
+    pub fn task_done(&self) -> Result<(), TooManyTaskDone> {
+        let word = self.queue.unfinished();
+        let prev = word
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .map_err(|_| TooManyTaskDone)?;
+        if prev == 1 {
+            os::futex_wake(word, os::WAKE_ALL);
+        }
+        Ok(())
+    }
+
+    /// Waits until every item put has been marked done.
+    pub fn join(&self) {
+        self.join_until(None);
+    }
+
+    /// Waits at most `timeout`; returns whether every item was done.
+    pub fn join_timeout(&self, timeout: Duration) -> bool {
+        self.join_until(Instant::now().checked_add(timeout))
+    }
+
+    fn join_until(&self, deadline: Option<Instant>) -> bool {
+        let word = self.queue.unfinished();
+        loop {
+            let n = word.load(Ordering::Acquire);
+            if n == 0 {
+                return true;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return false;
+            }
+            let recheck = Instant::now() + RECHECK;
+            os::futex_wait(word, n, Some(deadline.map_or(recheck, |d| d.min(recheck))));
+        }
+    }
+}
+
+impl<T: Serialize> JoinableQueue<T> {
+    /// Puts `value` (one more unfinished item), waiting while full.
+    pub fn put(&self, value: T) -> Result<(), PutError<T>> {
+        self.queue.put(value)
+    }
+
+    /// Puts `value`, waiting at most `timeout` for room.
+    pub fn put_timeout(&self, value: T, timeout: Duration) -> Result<(), PutError<T>> {
+        self.queue.put_timeout(value, timeout)
+    }
+}
+
+impl<T: DeserializeOwned> JoinableQueue<T> {
+    /// Takes the next item, waiting while empty.
+    pub fn get(&self) -> Result<T, GetError> {
+        self.queue.get()
+    }
+
+    /// Takes the next item, waiting at most `timeout`.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
+        self.queue.get_timeout(timeout)
+    }
+}
+
+impl<T> Serialize for JoinableQueue<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.queue.serialize(s)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for JoinableQueue<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Self {
+            queue: Queue::deserialize(d)?,
+        })
+    }
+}
+
+/// Python's `multiprocessing.SimpleQueue`: an unbounded queue with only
+/// `put`, `get` and `is_empty`. It is a [`Queue`], with the same guarantees.
+pub type SimpleQueue<T> = Queue<T>;

@@ -230,6 +230,37 @@ fn killed_producer_and_consumer_leave_the_queue_usable() -> Result<(), Failed> {
 }
 
 #[herd::task]
+fn worker(q: herd::JoinableQueue<u32>, done: Queue<u32>) {
+    while let Ok(v) = q.get_timeout(GUARD) {
+        done.put(v).expect("done");
+        q.task_done().expect("task_done");
+    }
+}
+
+fn joinable_queue_join_waits_for_task_done() -> Result<(), Failed> {
+    let (q, done) = (herd::JoinableQueue::new()?, Queue::new()?);
+    for i in 0..50u32 {
+        q.put(i)?;
+    }
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        workers.push(
+            herd::Process::builder(worker, (q.clone(), done.clone()))
+                .daemon(true)
+                .start()?,
+        );
+    }
+    check(q.join_timeout(GUARD), "join returned")?;
+    check(done.len() == 50, format!("{} done", done.len()))?;
+    check(q.task_done().is_err(), "one task_done too many is an error")?;
+    q.queue().close();
+    for w in &mut workers {
+        w.join()?;
+    }
+    Ok(())
+}
+
+#[herd::task]
 fn s7_writer(q: Queue<String>) {
     for v in ["A", "B", "C"] {
         q.put(v.to_owned()).expect("put");
@@ -282,6 +313,10 @@ fn main() {
             killed_producer_and_consumer_leave_the_queue_usable,
         ),
         Trial::test("s7_terminate_blocked_reader", s7_terminate_blocked_reader),
+        Trial::test(
+            "joinable_queue_join_waits_for_task_done",
+            joinable_queue_join_waits_for_task_done,
+        ),
     ];
     libtest_mimic::run(&args, tests).exit();
 }
