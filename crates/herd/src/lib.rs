@@ -107,11 +107,13 @@
 
 mod ipc;
 mod os;
+mod pipe;
 mod process;
 pub mod queue;
 pub mod sync;
 mod task;
 
+pub use pipe::{Connection, DEFAULT_MAX_MESSAGE, RecvError, SendError, pipe};
 pub use process::{
     ChildInfo, CurrentProcess, ExitStatus, Process, ProcessBuilder, ProcessError, ProcessState,
     Refusal, Signal, StartError, StartMethod, Stdio, active_children, current_process,

@@ -261,6 +261,84 @@ fn joinable_queue_join_waits_for_task_done() -> Result<(), Failed> {
 }
 
 #[herd::task]
+fn pipe_peer(mut conn: herd::Connection<Vec<u32>>) -> usize {
+    let mut n = 0;
+    while let Ok(v) = conn.recv() {
+        n += v.len();
+        if conn.send(&v.iter().map(|x| x * 2).collect()).is_err() {
+            break;
+        }
+    }
+    n
+}
+
+fn pipe_round_trips_and_disconnects() -> Result<(), Failed> {
+    let (mut here, there) = herd::pipe::<Vec<u32>>(true)?;
+    let mut child = herd::spawn(pipe_peer, (there,))?;
+    check(
+        !here.poll(Duration::from_millis(10))?,
+        "nothing to read yet",
+    )?;
+    for i in 0..100u32 {
+        here.send(&vec![i; 10])?;
+        check(here.recv_timeout(GUARD)? == vec![i * 2; 10], "doubled")?;
+    }
+    drop(here);
+    check(
+        child.join()? == 1000,
+        "the child saw every element, then the end",
+    )?;
+    // One-way: the first end only receives, the second only sends.
+    let (mut rx, mut tx) = herd::pipe::<u8>(false)?;
+    check(
+        matches!(rx.send(&1), Err(herd::SendError::NotWritable)),
+        "receiver cannot send",
+    )?;
+    check(
+        matches!(tx.recv(), Err(herd::RecvError::NotReadable)),
+        "sender cannot receive",
+    )?;
+    tx.send(&7)?;
+    check(rx.recv()? == 7, "one way")?;
+    check(
+        matches!(
+            rx.recv_timeout(Duration::from_millis(20)),
+            Err(herd::RecvError::Timeout)
+        ),
+        "timeout",
+    )?;
+    drop(tx);
+    check(
+        matches!(rx.recv(), Err(herd::RecvError::Disconnected)),
+        "disconnected after the sender went",
+    )
+}
+
+fn pipe_oversize_frame_is_an_error() -> Result<(), Failed> {
+    let (mut a, mut b) = herd::pipe::<u8>(true)?;
+    b.set_max_message(16);
+    a.send_bytes(&[0u8; 1000])?;
+    check(
+        matches!(
+            b.recv(),
+            Err(herd::RecvError::TooLarge {
+                size: 1000,
+                limit: 16
+            })
+        ),
+        "refused",
+    )?;
+    a.set_max_message(8);
+    check(
+        matches!(
+            a.send_bytes(&[0u8; 9]),
+            Err(herd::SendError::TooLarge { .. })
+        ),
+        "sender limit",
+    )
+}
+
+#[herd::task]
 fn s7_writer(q: Queue<String>) {
     for v in ["A", "B", "C"] {
         q.put(v.to_owned()).expect("put");
@@ -316,6 +394,14 @@ fn main() {
         Trial::test(
             "joinable_queue_join_waits_for_task_done",
             joinable_queue_join_waits_for_task_done,
+        ),
+        Trial::test(
+            "pipe_round_trips_and_disconnects",
+            pipe_round_trips_and_disconnects,
+        ),
+        Trial::test(
+            "pipe_oversize_frame_is_an_error",
+            pipe_oversize_frame_is_an_error,
         ),
     ];
     libtest_mimic::run(&args, tests).exit();
