@@ -56,6 +56,55 @@ fn herd_case(size: usize, n: u64) -> Result<f64, String> {
     Ok(n as f64 / dt)
 }
 
+#[herd::task]
+fn drain(q: Queue<ByteBuf>, n: u64) {
+    for _ in 0..n {
+        if q.get().is_err() {
+            return;
+        }
+    }
+}
+
+/// Two producer processes and two consumer processes; total msgs/s.
+fn herd_2to2(size: usize, n: u64) -> Result<f64, String> {
+    let q: Queue<ByteBuf> = Queue::bounded(1024).map_err(|e| e.to_string())?;
+    let t = Instant::now();
+    let mut kids = Vec::new();
+    for _ in 0..2 {
+        kids.push(herd::spawn(produce, (q.clone(), size, n)).map_err(|e| e.to_string())?);
+    }
+    let mut drains = Vec::new();
+    for _ in 0..2 {
+        drains.push(herd::spawn(drain, (q.clone(), n)).map_err(|e| e.to_string())?);
+    }
+    for k in kids.iter_mut().chain(drains.iter_mut()) {
+        k.join().map_err(|e| e.to_string())?;
+    }
+    Ok(2.0 * n as f64 / t.elapsed().as_secs_f64())
+}
+
+#[herd::task]
+fn pipe_producer(mut conn: herd::Connection<ByteBuf>, size: usize, n: u64) {
+    let payload = ByteBuf::from(vec![7u8; size]);
+    for _ in 0..n {
+        if conn.send(&payload).is_err() {
+            return;
+        }
+    }
+}
+
+fn herd_pipe(size: usize, n: u64) -> Result<f64, String> {
+    let (mut rx, tx) = herd::pipe::<ByteBuf>(false).map_err(|e| e.to_string())?;
+    let t = Instant::now();
+    let mut p = herd::spawn(pipe_producer, (tx, size, n)).map_err(|e| e.to_string())?;
+    for _ in 0..n {
+        rx.recv().map_err(|e| e.to_string())?;
+    }
+    let dt = t.elapsed().as_secs_f64();
+    p.join().map_err(|e| e.to_string())?;
+    Ok(n as f64 / dt)
+}
+
 fn crossbeam_case(size: usize, n: u64) -> f64 {
     let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(1024);
     let t = Instant::now();
@@ -111,6 +160,11 @@ fn python_case(size: usize, n: u64) -> Option<f64> {
 
 /// Runs the suite.
 pub(crate) fn run(quick: bool) {
+    let n22 = if quick { 100_000 } else { 1_000_000 };
+    match herd_2to2(8, n22) {
+        Ok(v) => record("8B-2to2", "herd-queue", v, 8),
+        Err(e) => note(SUITE, &format!("herd 2to2 failed: {e}")),
+    }
     for (case, size, n, py_n) in [
         (
             "8B-1to1",
@@ -136,6 +190,10 @@ pub(crate) fn run(quick: bool) {
             crossbeam_case(size, n),
             size,
         );
+        match herd_pipe(size, n) {
+            Ok(v) => record(case, "herd-pipe", v, size),
+            Err(e) => note(SUITE, &format!("herd pipe {case} failed: {e}")),
+        }
         if let Some(py) = python_case(size, py_n) {
             record(case, "python-mp-queue", py, size);
             if let Ok(h) = herd {

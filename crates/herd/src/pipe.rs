@@ -222,20 +222,35 @@ impl<T> Connection<T> {
         Ok((self.buf.len() >= 4 + len).then_some(len))
     }
 
-    /// Waits (until `deadline`) for bytes, and reads what is there.
+    /// Reads what is there; if nothing is, waits (until `deadline`) for
+    /// bytes first. (Reading before polling saves a system call per
+    /// message while messages are flowing.)
     fn fill(&mut self, deadline: Option<Instant>) -> Result<(), RecvError> {
-        if !os::wait_readable(&[self.stream.as_fd()], deadline).map_err(RecvError::Io)?[0] {
-            return Ok(());
-        }
         let mut chunk = [0u8; 64 * 1024];
+        let mut polled = false;
         loop {
             match self.stream.read(&mut chunk) {
                 Ok(0) => {
                     self.eof = true;
                     return Ok(());
                 }
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    if n < chunk.len() {
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if polled {
+                        return Ok(());
+                    }
+                    polled = true;
+                    if !os::wait_readable(&[self.stream.as_fd()], deadline)
+                        .map_err(RecvError::Io)?[0]
+                    {
+                        return Ok(());
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
                     self.eof = true;

@@ -84,9 +84,14 @@ impl<'de> Deserialize<'de> for EvenOnly {
     }
 }
 
+/// Also the stress test: `HERD_STRESS_ITEMS` sets the items per producer
+/// (default 3000; try 1000000).
 fn producers_and_consumers_lose_nothing() -> Result<(), Failed> {
     let q = Queue::bounded(64)?;
-    let n = 3000;
+    let n: u32 = std::env::var("HERD_STRESS_ITEMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000);
     let mut producers = Vec::new();
     for (id, m) in [(0, StartMethod::Spawn), (1, StartMethod::ForkServer)] {
         producers.push(
