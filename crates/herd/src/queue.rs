@@ -296,6 +296,10 @@ impl<T> Queue<T> {
     fn unfinished(&self) -> &AtomicU32 {
         self.word32(40)
     }
+    /// 1 for a `JoinableQueue`: only then does `put` count unfinished items.
+    fn joinable(&self) -> &AtomicU32 {
+        self.word32(44)
+    }
 
     fn ring(&self) -> *mut u8 {
         // SAFETY: the ring follows the state line (size checked at open).
@@ -363,9 +367,13 @@ impl<T> Queue<T> {
         self.lock(None)
     }
 
+    /// Wakes sleepers of `word`. Called with the lock held: a thread about
+    /// to sleep counts itself in `sleepers` under the lock before releasing
+    /// it, so with no sleeper counted nobody can miss this change, and the
+    /// uncontended path costs no atomic read-modify-write and no syscall.
     fn signal(&self, word: &AtomicU32, sleepers: &AtomicU32, all: bool) {
-        word.fetch_add(1, Ordering::Release);
         if sleepers.load(Ordering::Acquire) != 0 {
+            word.fetch_add(1, Ordering::Release);
             os::futex_wake(word, if all { os::WAKE_ALL } else { 1 });
         }
     }
@@ -396,11 +404,13 @@ impl<T> Queue<T> {
     pub fn close(&self) {
         let locked = self.lock(None);
         self.closed().store(1, Ordering::Release);
+        for word in [self.not_empty(), self.not_full()] {
+            word.fetch_add(1, Ordering::Release);
+            os::futex_wake(word, os::WAKE_ALL);
+        }
         if locked {
             self.unlock();
         }
-        self.signal(self.not_empty(), self.sleeping_getters(), true);
-        self.signal(self.not_full(), self.sleeping_putters(), true);
     }
 }
 
@@ -469,10 +479,15 @@ impl<T: Serialize> Queue<T> {
         self.write_at(tail + 4, &bytes);
         // Publish last: a producer that dies before this line left nothing.
         self.tail().store(tail + need, Ordering::Release);
-        self.count().fetch_add(1, Ordering::AcqRel);
-        self.unfinished().fetch_add(1, Ordering::AcqRel);
-        self.unlock();
+        // Under the lock, a plain update (atomic only for lock-free readers
+        // of `len`).
+        self.count()
+            .store(self.count().load(Ordering::Relaxed) + 1, Ordering::Release);
+        if self.joinable().load(Ordering::Relaxed) != 0 {
+            self.unfinished().fetch_add(1, Ordering::AcqRel);
+        }
         self.signal(self.not_empty(), self.sleeping_getters(), false);
+        self.unlock();
         Ok(())
     }
 }
@@ -536,9 +551,10 @@ impl<T: DeserializeOwned> Queue<T> {
         self.read_at(head + 4, &mut bytes);
         // Publish last: a consumer that dies before this line took nothing.
         self.head().store(head + 4 + len, Ordering::Release);
-        self.count().fetch_sub(1, Ordering::AcqRel);
-        self.unlock();
+        self.count()
+            .store(self.count().load(Ordering::Relaxed) - 1, Ordering::Release);
         self.signal(self.not_full(), self.sleeping_putters(), false);
+        self.unlock();
         crate::task::decode(&bytes).map_err(GetError::Decode)
     }
 }
@@ -624,16 +640,18 @@ impl<T> Clone for JoinableQueue<T> {
 impl<T> JoinableQueue<T> {
     /// An unbounded joinable queue.
     pub fn new() -> io::Result<Self> {
-        Ok(Self {
-            queue: Queue::new()?,
-        })
+        Ok(Self::from_queue(Queue::new()?))
     }
 
     /// A joinable queue of at most `maxsize` items.
     pub fn bounded(maxsize: u32) -> io::Result<Self> {
-        Ok(Self {
-            queue: Queue::bounded(maxsize)?,
-        })
+        Ok(Self::from_queue(Queue::bounded(maxsize)?))
+    }
+
+    fn from_queue(queue: Queue<T>) -> Self {
+        // Set before the queue is shared: every process sees it.
+        queue.joinable().store(1, Ordering::Release);
+        Self { queue }
     }
 
     /// The underlying queue (for `try_get`, `len`, `close`…).
