@@ -195,6 +195,9 @@ impl<T> Connection<T> {
             return Err(RecvError::NotReadable);
         }
         let deadline = Instant::now().checked_add(timeout);
+        // One look at the socket first, so a zero timeout still sees data
+        // that has arrived.
+        self.fill(Some(Instant::now()))?;
         loop {
             if self.frame_len()?.is_some() || self.eof {
                 return Ok(true);
@@ -268,6 +271,7 @@ impl<T> Connection<T> {
         if self.broken {
             return Err(RecvError::Disconnected);
         }
+        let mut looked = false;
         loop {
             if let Some(len) = self.frame_len()? {
                 let body = self.buf[4..4 + len].to_vec();
@@ -277,9 +281,12 @@ impl<T> Connection<T> {
             if self.eof {
                 return Err(RecvError::Disconnected);
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            // Past the deadline only after one look at the socket, so a
+            // zero timeout still receives what has arrived.
+            if looked && deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(RecvError::Timeout);
             }
+            looked = true;
             self.fill(deadline)?;
         }
     }

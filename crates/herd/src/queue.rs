@@ -157,7 +157,7 @@ impl QueueBuilder {
                 BOUNDED_BYTES
             }
         } else {
-            self.bytes.clamp(4096, 1 << 40).next_power_of_two()
+            self.bytes.clamp(4096, 1 << 34).next_power_of_two()
         };
         let shift = bytes.trailing_zeros();
         let param = (u64::from(self.maxsize) << 8) | u64::from(shift);
@@ -341,9 +341,70 @@ impl<T> Queue<T> {
     /// publishes last, so the state is consistent whenever it is released).
     fn lock(&self, deadline: Option<Instant>) -> bool {
         match self.core.acquire(deadline, true) {
-            Ok(()) | Err(LockError::Poisoned { .. }) => true,
+            Ok(()) => true,
+            Err(LockError::Poisoned { .. }) => {
+                // The previous holder died (or panicked) mid-operation. Its
+                // head/tail publication is all or nothing, but it may have
+                // died between that and the count: recount from the frames.
+                self.repair();
+                true
+            }
             Err(_) => false,
         }
+    }
+
+    /// The ring's used bytes, if head and tail are sane.
+    fn used(&self) -> Option<u64> {
+        let used = self
+            .tail()
+            .load(Ordering::Relaxed)
+            .checked_sub(self.head().load(Ordering::Relaxed))?;
+        (used <= self.cap).then_some(used)
+    }
+
+    /// The length of the frame at `pos`, if it is a sane frame ending by
+    /// `tail`.
+    fn frame_at(&self, pos: u64, tail: u64) -> Option<u64> {
+        let mut len = [0u8; 4];
+        self.read_at(pos, &mut len);
+        let len = u64::from(u32::from_le_bytes(len));
+        (len <= self.cap / 2 && pos.checked_add(4 + len)? <= tail).then_some(len)
+    }
+
+    /// Recounts the items from the frames between head and tail; an
+    /// insane state (only a foreign writer could make one) empties the
+    /// queue. Called with the lock held.
+    fn repair(&self) {
+        let head = self.head().load(Ordering::Relaxed);
+        let tail = self.tail().load(Ordering::Relaxed);
+        let mut n: u32 = 0;
+        let mut pos = head;
+        let sane = self.used().is_some()
+            && loop {
+                if pos == tail {
+                    break true;
+                }
+                match self.frame_at(pos, tail) {
+                    Some(len) => {
+                        pos += 4 + len;
+                        n = n.saturating_add(1);
+                    }
+                    None => break false,
+                }
+            };
+        if sane {
+            self.count().store(n, Ordering::Release);
+        } else {
+            self.reset();
+        }
+    }
+
+    /// Drops everything (a corrupt state) and wakes every putter.
+    fn reset(&self) {
+        self.head()
+            .store(self.tail().load(Ordering::Relaxed), Ordering::Release);
+        self.count().store(0, Ordering::Release);
+        self.signal(self.not_full(), self.sleeping_putters(), true);
     }
 
     fn unlock(&self) {
@@ -456,8 +517,14 @@ impl<T: Serialize> Queue<T> {
                 self.unlock();
                 return Err(PutError::Closed(value));
             }
-            let used = self.tail().load(Ordering::Relaxed) - self.head().load(Ordering::Relaxed);
-            let full = (self.maxsize != 0 && self.count().load(Ordering::Relaxed) >= self.maxsize)
+            let Some(used) = self.used() else {
+                // Insane head/tail (a foreign writer): start over.
+                self.reset();
+                continue;
+            };
+            let count = self.count().load(Ordering::Relaxed);
+            let full = (self.maxsize != 0 && count >= self.maxsize)
+                || count == u32::MAX
                 || used + need > self.cap;
             if !full {
                 break;
@@ -534,26 +601,23 @@ impl<T: DeserializeOwned> Queue<T> {
         }
         let head = self.head().load(Ordering::Relaxed);
         let tail = self.tail().load(Ordering::Relaxed);
-        let mut len = [0u8; 4];
-        self.read_at(head, &mut len);
-        let len = u32::from_le_bytes(len) as u64;
-        if len + 4 > tail - head {
+        let Some(len) = self.used().and_then(|_| self.frame_at(head, tail)) else {
             // Corrupt state (only a foreign writer could cause it): drop
-            // everything rather than read garbage.
-            self.head().store(tail, Ordering::Release);
-            self.count().store(0, Ordering::Release);
+            // everything rather than read out of bounds or garbage.
+            self.reset();
             self.unlock();
             return Err(GetError::Decode(
                 "corrupt queue state; the queue was reset".to_owned(),
             ));
-        }
+        };
         let mut bytes = vec![0u8; len as usize];
         self.read_at(head + 4, &mut bytes);
         // Publish last: a consumer that dies before this line took nothing.
         self.head().store(head + 4 + len, Ordering::Release);
         self.count()
             .store(self.count().load(Ordering::Relaxed) - 1, Ordering::Release);
-        self.signal(self.not_full(), self.sleeping_putters(), false);
+        // Every putter: each waits for its own amount of room.
+        self.signal(self.not_full(), self.sleeping_putters(), true);
         self.unlock();
         crate::task::decode(&bytes).map_err(GetError::Decode)
     }
@@ -575,7 +639,7 @@ impl<'de> Deserialize<'de> for QueueRegion {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         Region::deserialize(d, Kind::Queue, |param| {
             let shift = param & 0xff;
-            (12..=40)
+            (12..=34)
                 .contains(&shift)
                 .then(|| LOCK_BODY + STATE + (1usize << shift))
         })

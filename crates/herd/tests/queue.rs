@@ -319,6 +319,21 @@ fn pipe_round_trips_and_disconnects() -> Result<(), Failed> {
     )
 }
 
+fn pipe_zero_timeouts_see_waiting_data() -> Result<(), Failed> {
+    let (mut a, mut b) = herd::pipe::<u8>(true)?;
+    a.send(&5)?;
+    // The message is in the socket; a zero timeout must still see it.
+    check(
+        eventually(|| b.poll(Duration::ZERO).unwrap_or(false)),
+        "poll(0) sees it",
+    )?;
+    check(
+        b.recv_timeout(Duration::ZERO)? == 5,
+        "recv_timeout(0) takes it",
+    )?;
+    check(!b.poll(Duration::ZERO)?, "then nothing")
+}
+
 fn pipe_oversize_frame_is_an_error() -> Result<(), Failed> {
     let (mut a, mut b) = herd::pipe::<u8>(true)?;
     b.set_max_message(16);
@@ -407,6 +422,10 @@ fn main() {
         Trial::test(
             "pipe_oversize_frame_is_an_error",
             pipe_oversize_frame_is_an_error,
+        ),
+        Trial::test(
+            "pipe_zero_timeouts_see_waiting_data",
+            pipe_zero_timeouts_see_waiting_data,
         ),
     ];
     libtest_mimic::run(&args, tests).exit();
