@@ -58,6 +58,15 @@
 //! and robust: a holder that dies is reported to the next acquirer, never a
 //! lock held forever.
 //!
+//! ## Queues and pipes
+//!
+//! [`Queue`], [`JoinableQueue`] and [`SimpleQueue`] carry typed items
+//! between processes through shared memory; [`pipe`] gives two
+//! [`Connection`]s. Like everything shared, they are task arguments. A
+//! `put` that returned `Ok` has the item in shared memory, and a producer or
+//! consumer killed at any instant leaves the queue consistent (see
+//! [`queue`] for exactly what happens to the one item it was handling).
+//!
 //! ## Exit and parent death
 //!
 //! When this program exits normally (returning from `main`, or
