@@ -5,8 +5,6 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-mod support;
-
 fn example(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let dir = exe
@@ -27,7 +25,7 @@ fn run(name: &str, args: &[&str]) -> Vec<String> {
     cmd.args(args)
         .env("HERD_EXAMPLE_SLEEP_MS", "40")
         .env("HERD_EXAMPLE_ROUNDS", "3");
-    let (status, out) = support::run_guarded(cmd).expect("run example");
+    let (status, out) = herd_testkit::run_guarded(cmd).expect("run example");
     assert!(status.success(), "{name} {args:?} failed: {status:?}");
     out.lines().map(str::to_owned).collect()
 }

@@ -16,10 +16,8 @@ use std::time::{Duration, Instant};
 use herd::{
     ExitStatus, Process, ProcessError, ProcessState, Refusal, Signal, StartError, StartMethod,
 };
+use herd_testkit::{GUARD, both, check, eventually, pidfd_of, wait_fd};
 use libtest_mimic::{Arguments, Failed, Trial};
-use support::{GUARD, pidfd_of, wait_fd};
-
-mod support;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 // ---------------------------------------------------------------- tasks
@@ -214,19 +212,6 @@ fn not_registered(x: u8) -> u8 {
 
 // ---------------------------------------------------------------- helpers
 
-fn both<F: Fn(StartMethod) -> Result<(), Failed>>(f: F) -> Result<(), Failed> {
-    f(StartMethod::Spawn)?;
-    f(StartMethod::ForkServer)
-}
-
-fn check(cond: bool, what: impl Into<String>) -> Result<(), Failed> {
-    if cond {
-        Ok(())
-    } else {
-        Err(what.into().into())
-    }
-}
-
 /// Whether `fd` is readable right now.
 fn wait_fd_now(fd: std::os::fd::BorrowedFd<'_>) -> bool {
     let mut pfd = [rustix::event::PollFd::new(
@@ -240,18 +225,6 @@ fn wait_fd_now(fd: std::os::fd::BorrowedFd<'_>) -> bool {
     matches!(rustix::event::poll(&mut pfd, Some(&ts)), Ok(n) if n > 0)
 }
 
-/// Polls `f` until it returns true, yielding the CPU (no sleep), up to `limit`.
-fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::yield_now();
-    }
-    f()
-}
-
 fn helper(role: &str) -> Command {
     let mut c = Command::new(std::env::current_exe().expect("current_exe"));
     c.env("HERD_TEST_ROLE", role)
@@ -261,7 +234,7 @@ fn helper(role: &str) -> Command {
 }
 
 fn run_helper(role: &str) -> Result<(std::process::ExitStatus, String), Failed> {
-    Ok(support::run_guarded(helper(role))?)
+    Ok(herd_testkit::run_guarded(helper(role))?)
 }
 
 /// Reads `n` lines from a helper within the guard, on a thread.
@@ -458,23 +431,17 @@ fn state_of_stopped_and_zombie() -> Result<(), Failed> {
             .start_method(m)
             .start()?;
         check(
-            eventually(GUARD, || {
-                p.state().is_ok_and(|s| s == ProcessState::Sleeping)
-            }),
+            eventually(|| p.state().is_ok_and(|s| s == ProcessState::Sleeping)),
             "sleeping while parked",
         )?;
         p.signal(Signal::STOP)?;
         check(
-            eventually(GUARD, || {
-                p.state().is_ok_and(|s| s == ProcessState::Stopped)
-            }),
+            eventually(|| p.state().is_ok_and(|s| s == ProcessState::Stopped)),
             format!("stopped, got {:?}", p.state()),
         )?;
         p.signal(Signal::CONT)?;
         check(
-            eventually(GUARD, || {
-                p.state().is_ok_and(|s| s != ProcessState::Stopped)
-            }),
+            eventually(|| p.state().is_ok_and(|s| s != ProcessState::Stopped)),
             "continued",
         )?;
         p.kill()?;

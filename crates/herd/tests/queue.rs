@@ -5,34 +5,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use herd::{GetError, ProcessState, PutError, Queue, StartMethod};
+use herd_testkit::{GUARD, check, eventually};
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde::{Deserialize, Deserializer, Serialize};
-use support::GUARD;
-
-#[expect(
-    dead_code,
-    reason = "the support module is shared with other test targets"
-)]
-mod support;
-
-fn check(cond: bool, what: impl Into<String>) -> Result<(), Failed> {
-    if cond {
-        Ok(())
-    } else {
-        Err(what.into().into())
-    }
-}
-
-fn eventually(mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + GUARD;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::yield_now();
-    }
-    f()
-}
 
 #[herd::task]
 fn produce(q: Queue<(u32, u32)>, id: u32, n: u32) {

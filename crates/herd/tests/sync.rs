@@ -9,39 +9,8 @@ use herd::sync::{
     RLock, Semaphore, Value,
 };
 use herd::{Process, StartMethod};
+use herd_testkit::{GUARD, both, check, eventually};
 use libtest_mimic::{Arguments, Failed, Trial};
-use support::GUARD;
-
-#[expect(
-    dead_code,
-    reason = "the support module is shared with other test targets"
-)]
-mod support;
-
-fn check(cond: bool, what: impl Into<String>) -> Result<(), Failed> {
-    if cond {
-        Ok(())
-    } else {
-        Err(what.into().into())
-    }
-}
-
-fn both<F: Fn(StartMethod) -> Result<(), Failed>>(f: F) -> Result<(), Failed> {
-    f(StartMethod::Spawn)?;
-    f(StartMethod::ForkServer)
-}
-
-/// Polls `f` (yielding, never sleeping) until true or the guard passes.
-fn eventually(mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + GUARD;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::yield_now();
-    }
-    f()
-}
 
 #[herd::task]
 fn hold_forever(lock: Lock, held: Value<u8>) {

@@ -1,15 +1,52 @@
-//! Shared by the integration tests: waits that are guarded, never slept.
+//! Helpers shared by herd's integration tests: every wait is on an event
+//! (a pidfd, a state, a flag) with a generous guard, never a sleep.
 
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::{Command, ExitStatus, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use herd::StartMethod;
+use libtest_mimic::Failed;
 
 /// A failure guard for every wait: generous, because CI machines are slow.
-pub(crate) const GUARD: Duration = Duration::from_secs(30);
+pub const GUARD: Duration = Duration::from_secs(30);
+
+/// `Ok` if `cond`, else a failure saying `what`.
+pub fn check(cond: bool, what: impl Into<String>) -> Result<(), Failed> {
+    if cond {
+        Ok(())
+    } else {
+        Err(what.into().into())
+    }
+}
+
+/// Runs `f` with each start method.
+pub fn both<F: Fn(StartMethod) -> Result<(), Failed>>(f: F) -> Result<(), Failed> {
+    f(StartMethod::Spawn)?;
+    f(StartMethod::ForkServer)
+}
+
+/// Polls `f` (yielding the CPU, never sleeping) until it holds or the
+/// guard passes; returns its last answer.
+pub fn eventually(f: impl FnMut() -> bool) -> bool {
+    eventually_within(GUARD, f)
+}
+
+/// As [`eventually`], with another limit.
+pub fn eventually_within(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::yield_now();
+    }
+    f()
+}
 
 /// Waits until `fd` is readable (for a pidfd: the process exited), up to `limit`.
-pub(crate) fn wait_fd(fd: BorrowedFd<'_>, limit: Duration) -> bool {
+pub fn wait_fd(fd: BorrowedFd<'_>, limit: Duration) -> bool {
     let mut pfd = [rustix::event::PollFd::new(
         &fd,
         rustix::event::PollFlags::IN,
@@ -28,7 +65,7 @@ pub(crate) fn wait_fd(fd: BorrowedFd<'_>, limit: Duration) -> bool {
 }
 
 /// A pidfd for `pid` (which must be alive, or the answer may be stale).
-pub(crate) fn pidfd_of(pid: u32) -> Option<OwnedFd> {
+pub fn pidfd_of(pid: u32) -> Option<OwnedFd> {
     rustix::process::pidfd_open(
         rustix::process::Pid::from_raw(pid as i32)?,
         rustix::process::PidfdFlags::empty(),
@@ -38,7 +75,7 @@ pub(crate) fn pidfd_of(pid: u32) -> Option<OwnedFd> {
 
 /// Runs `cmd` to completion with its stdout captured, killing it if it
 /// outlives the guard.
-pub(crate) fn run_guarded(mut cmd: Command) -> Result<(ExitStatus, String), String> {
+pub fn run_guarded(mut cmd: Command) -> Result<(ExitStatus, String), String> {
     let mut child = cmd
         .stdout(Stdio::piped())
         .spawn()
