@@ -93,21 +93,36 @@ impl ChildRecord {
 
     /// The exit status if the child has exited (reaping it); never blocks.
     pub(crate) fn poll_exit(&self) -> io::Result<Option<ExitStatus>> {
+        self.poll_exit_inner(true)
+    }
+
+    /// As [`poll_exit`](Self::poll_exit), but for a forkserver child that has
+    /// died and whose status report has not arrived yet, `None` at once
+    /// instead of waiting the moment it takes (`join`, which needs only the
+    /// death, uses this).
+    pub(crate) fn poll_exit_quick(&self) -> io::Result<Option<ExitStatus>> {
+        self.poll_exit_inner(false)
+    }
+
+    fn poll_exit_inner(&self, wait_report: bool) -> io::Result<Option<ExitStatus>> {
         let mut st = lock(&self.status);
         if st.is_none() {
-            *st = self.try_reap()?;
+            *st = self.try_reap(wait_report)?;
         }
         Ok(*st)
     }
 
-    fn try_reap(&self) -> io::Result<Option<ExitStatus>> {
+    fn try_reap(&self, wait_report: bool) -> io::Result<Option<ExitStatus>> {
         match &self.link {
             Link::Direct { pidfd } => os::reap_nohang(pidfd.as_fd()),
             // The pipe is non-blocking and the forkserver writes the 8
             // bytes in one `write` (atomic for a pipe), then closes it.
             Link::Served { status, pidfd, .. } => {
                 let mut got = os::read_nonblocking(status.as_fd(), 8)?;
-                if got.is_none() && os::wait_readable(&[pidfd.as_fd()], Some(Instant::now()))?[0] {
+                if got.is_none()
+                    && wait_report
+                    && os::wait_readable(&[pidfd.as_fd()], Some(Instant::now()))?[0]
+                {
                     // Dead: the forkserver is reaping it; its report is
                     // microseconds away (or the pipe hangs up if it died).
                     let guard = Instant::now() + Duration::from_secs(5);

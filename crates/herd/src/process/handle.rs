@@ -152,7 +152,10 @@ impl<T: DeserializeOwned> Process<T> {
         let io_err = |source| ProcessError::Io { pid, source };
         loop {
             self.read_outcome()?;
-            if let Some(status) = self.record.poll_exit().map_err(|e| lost_or(pid, e))? {
+            // Quick: a dead forkserver child's status report is not waited
+            // for here; its death (the pidfd) is enough once its final
+            // message is in.
+            if let Some(status) = self.record.poll_exit_quick().map_err(|e| lost_or(pid, e))? {
                 // Everything the child wrote is buffered by now.
                 self.read_outcome()?;
                 self.joined = true;
