@@ -131,7 +131,10 @@ pub(crate) fn spawn_child(
         ours.set_nonblocking(true)?;
         let written = super::protocol::write_some(&mut ours, first, passed)?;
         let server = current_server()?;
-        match server.request_spawn(&theirs, &fds, deadline) {
+        let sent = server.request_spawn(&theirs, &fds);
+        // The server (or the child it hands it to) owns the other end now.
+        drop(theirs);
+        match sent.and_then(|()| read_hello(&ours, &server, deadline)) {
             Ok((pid, pidfd, status)) => {
                 let child = ServedChild {
                     pid,
@@ -148,6 +151,71 @@ pub(crate) fn spawn_child(
         }
     }
     Err(last.unwrap_or_else(|| io::Error::other("the forkserver keeps failing")))
+}
+
+/// The first 8 bytes a forkserver child sends on its bootstrap socket:
+/// `HELO` and its pid, with its own pidfd and the read end of its status
+/// pipe attached; or, from the server when it could not start the child,
+/// `FAIL` and an errno.
+const HELLO: &[u8; 4] = b"HELO";
+const FAIL: &[u8; 4] = b"FAIL";
+
+fn hello_bytes(tag: &[u8; 4], value: u32) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    b[..4].copy_from_slice(tag);
+    b[4..].copy_from_slice(&value.to_le_bytes());
+    b
+}
+
+/// Reads the child's hello (exactly 8 bytes: the frames after it stay in
+/// the socket for the bootstrap).
+fn read_hello(
+    sock: &UnixStream,
+    server: &ForkServer,
+    deadline: Option<Instant>,
+) -> Result<(u32, OwnedFd, OwnedFd), CallError> {
+    let mut buf = [0u8; 8];
+    let mut got = 0;
+    let mut fds = Vec::new();
+    while got < 8 {
+        if !os::wait_readable(&[sock.as_fd()], deadline).map_err(CallError::Refused)?[0] {
+            // Neither the server nor a child answered in time: the server
+            // is hung or dead; never trust it again.
+            server.kill();
+            return Err(CallError::Refused(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the forkserver did not answer in time",
+            )));
+        }
+        match os::recv_with_fds(sock.as_fd(), &mut buf[got..]) {
+            Ok((0, _)) => {
+                return Err(CallError::Refused(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the forkserver's child ended before it started",
+                )));
+            }
+            Ok((n, more)) => {
+                got += n;
+                fds.extend(more);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(CallError::Refused(e)),
+        }
+    }
+    let value = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    if &buf[..4] == FAIL {
+        return Err(CallError::Refused(io::Error::from_raw_os_error(
+            value as i32,
+        )));
+    }
+    let mut fds = fds.into_iter();
+    match (&buf[..4] == HELLO, fds.next(), fds.next()) {
+        (true, Some(pidfd), Some(status)) => Ok((value, pidfd, status)),
+        _ => Err(CallError::Refused(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "malformed hello from the forkserver's child",
+        ))),
+    }
 }
 
 fn current_server() -> io::Result<Arc<ForkServer>> {
@@ -230,39 +298,24 @@ impl ForkServer {
         let _ = os::pidfd_signal(self.pidfd.as_fd(), Signal::KILL);
     }
 
-    fn request_spawn(
-        &self,
-        sock: &OwnedFd,
-        stdio: &[BorrowedFd<'_>; 3],
-        deadline: Option<Instant>,
-    ) -> Result<(u32, OwnedFd, OwnedFd), CallError> {
+    /// Asks for a child: one message, no reply. The child itself answers
+    /// on its bootstrap socket (`read_hello`), so the parent waits for one
+    /// wake-up, not two.
+    fn request_spawn(&self, sock: &OwnedFd, stdio: &[BorrowedFd<'_>; 3]) -> Result<(), CallError> {
         let fds = [sock.as_fd(), stdio[0], stdio[1], stdio[2]];
-        let (reply, got) = self.call(&ServerRequest::Spawn, &fds, deadline)?;
-        match reply {
-            ServerReply::Spawned { pid } => {
-                let mut got = got.into_iter();
-                match (got.next(), got.next()) {
-                    (Some(pidfd), Some(status)) => Ok((pid, pidfd, status)),
-                    _ => {
-                        self.kill();
-                        Err(CallError::Transport(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            "forkserver reply lacks fds",
-                        )))
-                    }
-                }
-            }
-            ServerReply::SpawnFailed { errno } => {
-                Err(CallError::Refused(io::Error::from_raw_os_error(errno)))
-            }
-            other => {
-                self.kill();
-                Err(CallError::Transport(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("unexpected forkserver reply {other:?}"),
-                )))
-            }
+        let body = crate::task::encode(&ServerRequest::Spawn)
+            .map_err(|e| CallError::Transport(io::Error::other(e)))?;
+        let conn = lock(&self.conn);
+        if self.dead.load(Ordering::SeqCst) {
+            return Err(CallError::Transport(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the forkserver died",
+            )));
         }
+        os::send_with_fds(conn.as_fd(), &body, &fds).map_err(|e| {
+            self.kill();
+            CallError::Transport(e)
+        })
     }
 
     /// Signals the group of child `pid`, if the server has not reaped it.
@@ -450,28 +503,25 @@ impl Server {
             Ok(x) => x,
         };
         let reply = match crate::task::decode::<ServerRequest>(&buf[..n]) {
-            Ok(ServerRequest::Spawn) if got.len() == 4 => match self.start_child(got) {
-                Ok((pid, pidfd, status_r)) => {
-                    let body =
-                        crate::task::encode(&ServerReply::Spawned { pid }).unwrap_or_default();
-                    if os::send_with_fds(
-                        self.conn.as_fd(),
-                        &body,
-                        &[pidfd.as_fd(), status_r.as_fd()],
-                    )
-                    .is_err()
-                    {
-                        self.shutdown();
-                    }
-                    return;
+            Ok(ServerRequest::Spawn) if got.len() == 4 => {
+                // No reply: the child answers the parent itself. A failure
+                // is written where the parent waits for that answer.
+                let sock = got[0].try_clone();
+                if let Err(e) = self.start_child(got)
+                    && let Ok(sock) = sock
+                {
+                    let errno = e.raw_os_error().unwrap_or(os::errno::EIO) as u32;
+                    let _ = os::write_once(sock.as_fd(), &hello_bytes(FAIL, errno));
                 }
-                Err(e) => ServerReply::SpawnFailed {
-                    errno: e.raw_os_error().unwrap_or(os::errno::EIO),
-                },
-            },
-            Ok(ServerRequest::Spawn) => ServerReply::SpawnFailed {
-                errno: os::errno::EINVAL,
-            },
+                return;
+            }
+            Ok(ServerRequest::Spawn) => {
+                if let Some(sock) = got.first() {
+                    let _ =
+                        os::write_once(sock.as_fd(), &hello_bytes(FAIL, os::errno::EINVAL as u32));
+                }
+                return;
+            }
             Ok(ServerRequest::SignalGroup { pid, signal }) => {
                 if self.children.iter().any(|c| c.pid == pid) {
                     match os::signal_group(pid, Signal::from_raw(signal)) {
@@ -496,7 +546,7 @@ impl Server {
 
     /// Hands `got` (socket, stdin, stdout, stderr) to the spare (forking
     /// one if there is none); returns its pid, a pidfd and the status pipe.
-    fn start_child(&mut self, got: Vec<OwnedFd>) -> io::Result<(u32, OwnedFd, OwnedFd)> {
+    fn start_child(&mut self, got: Vec<OwnedFd>) -> io::Result<()> {
         let spare = match self.spare.take() {
             Some(s) => s,
             None => self.fork_spare()?,
@@ -507,10 +557,10 @@ impl Server {
             self.children.push(spare.served);
             return Err(e);
         }
-        let for_parent = os::dup(spare.served.pidfd.as_fd())?;
-        let pid = spare.served.pid;
+        // The spare sends the parent its pidfd and status pipe itself.
+        drop(spare.status_r);
         self.children.push(spare.served);
-        Ok((pid, for_parent, spare.status_r))
+        Ok(())
     }
 
     /// Forks a spare child that waits for its task's fds.
@@ -524,9 +574,9 @@ impl Server {
         match unsafe { os::fork() }? {
             None => {
                 // In the child: nothing of the server's state is ours.
-                os::close_fds_except(3, &[ctl_child.as_raw_fd()]);
-                std::mem::forget((ctl, status_r, status_w));
-                spare_main(self.me, ctl_child)
+                os::close_fds_except(3, &[ctl_child.as_raw_fd(), status_r.as_raw_fd()]);
+                std::mem::forget((ctl, status_w));
+                spare_main(self.me, ctl_child, status_r)
             }
             Some(pid) => {
                 drop(ctl_child);
@@ -559,7 +609,7 @@ impl Server {
 }
 
 /// A spare child: set up, then wait for the bootstrap socket and stdio.
-fn spare_main(server: u32, ctl: OwnedFd) -> ! {
+fn spare_main(server: u32, ctl: OwnedFd, status_r: OwnedFd) -> ! {
     let ready = os::new_process_group().is_ok()
         && os::kill_group_on_parent_death().is_ok()
         && os::getppid() == server;
@@ -585,6 +635,16 @@ fn spare_main(server: u32, ctl: OwnedFd) -> ! {
         os::exit_now(3);
     }
     drop((i, o, e));
+    // Hello to the parent: our pid, a pidfd of ourselves and the read end of
+    // our status pipe, so it need not wait for the server's word.
+    let Ok(me) = os::pidfd_self() else {
+        os::exit_now(3)
+    };
+    let hello = hello_bytes(HELLO, std::process::id());
+    if os::send_with_fds(sock.as_fd(), &hello, &[me.as_fd(), status_r.as_fd()]).is_err() {
+        os::exit_now(0);
+    }
+    drop((me, status_r));
     // Never unwind into the server's frames (their fds are closed here).
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
         super::child::child_main(sock, None)
