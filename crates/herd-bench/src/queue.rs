@@ -1,7 +1,8 @@
-//! Suite `queue`: messages per second and MB/s through a queue from one
-//! producer process to one consumer (the parent): herd `Queue` against
-//! Python's `multiprocessing.Queue`, with `crossbeam-channel` between two
-//! threads as the in-process ceiling. 8-byte and 64 KiB messages.
+//! Suite `queue`: messages per second and MB/s from one producer process
+//! to one consumer (the parent): herd `Queue` and `pipe` against Python's
+//! `multiprocessing.Queue` and `Pipe`, with `crossbeam-channel` between two
+//! threads as the in-process ceiling; 8-byte and 64 KiB messages; and herd
+//! `Queue` with two producer and two consumer processes.
 
 use std::path::Path;
 use std::process::Command;
@@ -124,12 +125,13 @@ fn crossbeam_case(size: usize, n: u64) -> f64 {
     n as f64 / dt
 }
 
-fn python_case(size: usize, n: u64) -> Option<f64> {
+fn python_case(kind: &str, size: usize, n: u64) -> Option<f64> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("python")
         .join("mp_queue.py");
     match Command::new("python3")
         .arg(&script)
+        .arg(kind)
         .arg(size.to_string())
         .arg(n.to_string())
         .output()
@@ -194,7 +196,10 @@ pub(crate) fn run(quick: bool) {
             Ok(v) => record(case, "herd-pipe", v, size),
             Err(e) => note(SUITE, &format!("herd pipe {case} failed: {e}")),
         }
-        if let Some(py) = python_case(size, py_n) {
+        if let Some(py) = python_case("pipe", size, py_n) {
+            record(case, "python-mp-pipe", py, size);
+        }
+        if let Some(py) = python_case("queue", size, py_n) {
             record(case, "python-mp-queue", py, size);
             if let Ok(h) = herd {
                 emit(&Record {
