@@ -4,14 +4,12 @@
 //! threads as the in-process ceiling; 8-byte and 64 KiB messages; and herd
 //! `Queue` with two producer and two consumer processes.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use herd::Queue;
 use serde_bytes::ByteBuf;
 
-use crate::report::{Record, emit, note};
+use crate::report::{Record, emit, note, run_python};
 
 const SUITE: &str = "queue";
 
@@ -126,38 +124,13 @@ fn crossbeam_case(size: usize, n: u64) -> f64 {
 }
 
 fn python_case(kind: &str, size: usize, n: u64) -> Option<f64> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("python")
-        .join("mp_queue.py");
-    match Command::new("python3")
-        .arg(&script)
-        .arg(kind)
-        .arg(size.to_string())
-        .arg(n.to_string())
-        .output()
-    {
-        Ok(o) if o.status.success() => {
-            let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
-            v.get("msgs_s")?.as_f64()
-        }
-        Ok(o) => {
-            note(
-                SUITE,
-                &format!(
-                    "python failed: {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                ),
-            );
-            None
-        }
-        Err(e) => {
-            note(
-                SUITE,
-                &format!("python3 not available ({e}); Python baselines skipped"),
-            );
-            None
-        }
-    }
+    run_python(
+        SUITE,
+        "mp_queue.py",
+        &[kind.to_owned(), size.to_string(), n.to_string()],
+    )?
+    .get("msgs_s")?
+    .as_f64()
 }
 
 /// Runs the suite.

@@ -49,3 +49,36 @@ pub(crate) fn median(samples: &mut [f64]) -> f64 {
         (samples[n / 2 - 1] + samples[n / 2]) / 2.0
     }
 }
+
+/// Runs the Python baseline `script` (shipped in `python/`) with `args` and
+/// parses the one JSON object it prints. A missing `python3` or a failed run
+/// becomes a note on `suite`, and `None`.
+pub(crate) fn run_python(suite: &str, script: &str, args: &[String]) -> Option<serde_json::Value> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(script);
+    match std::process::Command::new("python3")
+        .arg(&path)
+        .args(args)
+        .output()
+    {
+        Ok(o) if o.status.success() => serde_json::from_slice(&o.stdout).ok(),
+        Ok(o) => {
+            note(
+                suite,
+                &format!(
+                    "python {script} {args:?} failed: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
+            );
+            None
+        }
+        Err(e) => {
+            note(
+                suite,
+                &format!("python3 not available ({e}); Python baselines skipped"),
+            );
+            None
+        }
+    }
+}

@@ -5,11 +5,9 @@
 //! `fork` + `waitpid` as the floor. All in one invocation, so the ratios
 //! compare like with like on a noisy machine.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
-use crate::report::{Record, emit, median, note};
+use crate::report::{Record, emit, median, note, run_python};
 
 const SUITE: &str = "spawn";
 const CASE: &str = "trivial";
@@ -97,36 +95,9 @@ fn fork_round() -> Result<(), String> {
 }
 
 fn python_case(method: &str, reps: usize) -> Option<f64> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("python")
-        .join("spawn.py");
-    let out = match Command::new("python3")
-        .arg(&script)
-        .arg(method)
-        .arg(reps.to_string())
-        .output()
-    {
-        Ok(o) if o.status.success() => o,
-        Ok(o) => {
-            note(
-                SUITE,
-                &format!(
-                    "python {method} failed: {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                ),
-            );
-            return None;
-        }
-        Err(e) => {
-            note(
-                SUITE,
-                &format!("python3 not available ({e}); Python baselines skipped"),
-            );
-            return None;
-        }
-    };
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    v.get("median_us")?.as_f64()
+    run_python(SUITE, "spawn.py", &[method.to_owned(), reps.to_string()])?
+        .get("median_us")?
+        .as_f64()
 }
 
 /// Runs the suite.

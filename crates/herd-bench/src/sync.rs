@@ -6,13 +6,11 @@
 //! Contended, two processes hammering one lock: herd against Python; and two
 //! threads for std and parking_lot.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use herd::sync::{Barrier, Lock};
 
-use crate::report::{Record, emit, note};
+use crate::report::{Record, emit, note, run_python};
 
 const SUITE: &str = "sync";
 
@@ -47,34 +45,7 @@ fn hammer(lock: Lock, start: Barrier, n: u64) {
 }
 
 fn python(mode: &str, n: u64) -> Option<serde_json::Value> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("python")
-        .join("sync.py");
-    match Command::new("python3")
-        .arg(&script)
-        .arg(mode)
-        .arg(n.to_string())
-        .output()
-    {
-        Ok(o) if o.status.success() => serde_json::from_slice(&o.stdout).ok(),
-        Ok(o) => {
-            note(
-                SUITE,
-                &format!(
-                    "python {mode} failed: {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                ),
-            );
-            None
-        }
-        Err(e) => {
-            note(
-                SUITE,
-                &format!("python3 not available ({e}); Python baselines skipped"),
-            );
-            None
-        }
-    }
+    run_python(SUITE, "sync.py", &[mode.to_owned(), n.to_string()])
 }
 
 /// Runs the suite.
