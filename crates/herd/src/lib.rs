@@ -117,12 +117,14 @@
 mod ipc;
 mod os;
 mod pipe;
+pub mod pool;
 mod process;
 pub mod queue;
 pub mod sync;
 mod task;
 
 pub use pipe::{Connection, DEFAULT_MAX_MESSAGE, RecvError, SendError, pipe};
+pub use pool::{AsyncResult, Backend, Pool, PoolBuilder, PoolError, TaskError, TaskEvent};
 pub use process::{
     ChildInfo, CurrentProcess, ExitStatus, Process, ProcessBuilder, ProcessError, ProcessState,
     Refusal, Signal, StartError, StartMethod, Stdio, active_children, current_process,

@@ -1,0 +1,906 @@
+//! The process backend: worker processes fed through per-worker shared-memory
+//! queues, one results queue back, and a manager thread that watches
+//! results, deaths and deadlines.
+//!
+//! The parent knows exactly which jobs it sent to which worker (a FIFO per
+//! worker), so when a worker dies it can tell what the worker had taken from
+//! what it had not: the untaken jobs are still in the dead worker's queue
+//! (shared memory the parent maps too) and are taken back and sent
+//! elsewhere; a job the worker had taken without reporting is the one it
+//! died running. See `DESIGN.md`, "Pools".
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use super::result::{SPIN, TaskError};
+use super::{Completion, Events, Job, JobResult, PoolError, TaskEvent, Work};
+use crate::queue::{GetError, PutError, Queue};
+use crate::task::{PanicReport, PreparedTask, RunFailure, TaskEntry, find_by_name};
+use crate::{Process, ProcessError, StartMethod, os};
+
+/// Jobs sent ahead to one worker: enough that a worker never waits for the
+/// manager between two tiny tasks; an idle worker takes back jobs still
+/// queued elsewhere, so a long task never holds others hostage.
+const DEPTH: usize = 8;
+/// How often the manager looks for dead workers and expired deadlines while
+/// results keep coming (and how long it sleeps without any).
+const CHECK: Duration = Duration::from_millis(20);
+/// How long a worker waits for its status after its pidfd said it ended.
+const REAP: Duration = Duration::from_secs(2);
+
+/// A job as it travels to a worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct WireJob {
+    id: u64,
+    task: String,
+    /// Report the start (for events and precise timeouts).
+    notify: bool,
+    items: Vec<ByteBuf>,
+}
+
+/// A message from a worker (or the parent itself) to the manager.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Msg {
+    Started {
+        pid: u32,
+        id: u64,
+    },
+    Done {
+        pid: u32,
+        id: u64,
+        outcomes: Vec<WireOutcome>,
+    },
+    InitFailed {
+        pid: u32,
+        reason: String,
+    },
+    Wake,
+}
+
+/// One item's outcome, as a worker reports it.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum WireOutcome {
+    Ok(ByteBuf),
+    Panicked(PanicReport),
+    ResultEncode(String),
+    Refused(String),
+}
+
+impl WireOutcome {
+    fn into_result(self) -> Result<Vec<u8>, TaskError> {
+        match self {
+            Self::Ok(b) => Ok(b.into_vec()),
+            Self::Panicked(r) => Err(TaskError::Panicked(r)),
+            Self::ResultEncode(s) => Err(TaskError::ResultEncode(s)),
+            Self::Refused(s) => Err(TaskError::Refused(s)),
+        }
+    }
+}
+
+/// What a worker process is started with.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct WorkerArgs {
+    tasks: Queue<WireJob>,
+    results: Queue<Msg>,
+    init: Option<InitCall>,
+    max_jobs: u64,
+}
+
+/// Encodes an initializer's arguments.
+pub(crate) type EncodeFn = Arc<dyn Fn() -> Result<Vec<u8>, String> + Send + Sync>;
+
+/// The initializer call. In the parent: its name and an encoder, run while
+/// the worker's own arguments are encoded, so that shared objects among
+/// its arguments travel as file descriptors with them. In the worker: a
+/// marker; the call itself was decoded while those descriptors were at hand
+/// and waits in [`DECODED_INIT`] on the thread that decoded it (the worker's
+/// main thread, which then runs it).
+#[derive(Clone)]
+pub(crate) enum InitCall {
+    Outgoing {
+        name: &'static str,
+        encode: EncodeFn,
+    },
+    Incoming,
+}
+
+thread_local! {
+    static DECODED_INIT: std::cell::RefCell<Option<Result<PreparedTask, String>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+impl InitCall {
+    pub(crate) fn new(name: &'static str, encode: EncodeFn) -> Self {
+        Self::Outgoing { name, encode }
+    }
+
+    /// Runs the call decoded on this thread (in the worker).
+    fn run() -> Result<(), String> {
+        match DECODED_INIT.with(|d| d.borrow_mut().take()) {
+            None => Err("internal: the initializer was not decoded on this thread".to_owned()),
+            Some(Err(e)) => Err(e),
+            Some(Ok(run)) => match run() {
+                Ok(_) => Ok(()),
+                Err(RunFailure::Panicked(r)) => Err(r.to_string()),
+                Err(RunFailure::ResultEncode(e)) => Err(e),
+            },
+        }
+    }
+}
+
+impl std::fmt::Debug for InitCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Outgoing { name, .. } => write!(f, "InitCall({name})"),
+            Self::Incoming => f.write_str("InitCall(decoded)"),
+        }
+    }
+}
+
+impl Serialize for InitCall {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Outgoing { name, encode } => {
+                let bytes = encode().map_err(serde::ser::Error::custom)?;
+                (name, ByteBuf::from(bytes)).serialize(s)
+            }
+            Self::Incoming => Err(serde::ser::Error::custom(
+                "a decoded initializer cannot travel",
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for InitCall {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (name, bytes) = <(String, ByteBuf)>::deserialize(d)?;
+        let call = match find_by_name(&name) {
+            Ok(Some(entry)) => (entry.prepare)(&bytes)
+                .map_err(|e| format!("the initializer's arguments did not deserialize: {e}")),
+            Ok(None) => Err(format!("no task named {name} in this build")),
+            Err(()) => Err(format!("two tasks are named {name}")),
+        };
+        DECODED_INIT.with(|d| *d.borrow_mut() = Some(call));
+        Ok(Self::Incoming)
+    }
+}
+
+/// Runs one item in the worker.
+fn run_item(
+    cache: &mut HashMap<String, &'static TaskEntry>,
+    task: &str,
+    input: &[u8],
+) -> WireOutcome {
+    let entry = match cache.get(task) {
+        Some(e) => *e,
+        None => match find_by_name(task) {
+            Ok(Some(e)) => {
+                cache.insert(task.to_owned(), e);
+                e
+            }
+            Ok(None) => return WireOutcome::Refused(format!("no task named {task} in this build")),
+            Err(()) => return WireOutcome::Refused(format!("two tasks are named {task}")),
+        },
+    };
+    match (entry.prepare)(input) {
+        Err(reason) => WireOutcome::Refused(format!("arguments did not deserialize: {reason}")),
+        Ok(run) => match run() {
+            Ok(bytes) => WireOutcome::Ok(ByteBuf::from(bytes)),
+            Err(RunFailure::Panicked(r)) => WireOutcome::Panicked(r),
+            Err(RunFailure::ResultEncode(s)) => WireOutcome::ResultEncode(s),
+        },
+    }
+}
+
+/// Waits briefly, spinning, for `ready`: a worker that just finished a
+/// tiny task usually finds the next one here without sleeping.
+fn spin(ready: impl Fn() -> bool) {
+    let until = Instant::now() + SPIN;
+    while Instant::now() < until {
+        for _ in 0..64 {
+            if ready() {
+                return;
+            }
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// The worker process's main loop.
+fn pool_worker(args: WorkerArgs) {
+    let pid = std::process::id();
+    let mut cache = HashMap::new();
+    if args.init.is_some()
+        && let Err(reason) = InitCall::run()
+    {
+        let _ = args.results.put(Msg::InitFailed { pid, reason });
+        return;
+    }
+    let mut jobs = 0u64;
+    loop {
+        spin(|| !args.tasks.is_empty() || args.tasks.is_closed());
+        let job = match args.tasks.get() {
+            Ok(j) => j,
+            Err(GetError::Closed) => return,
+            // A message that did not decode was taken off the queue; the
+            // parent sees its job taken and unanswered when this worker
+            // ends, which cannot happen with the parent's own encoder.
+            Err(_) => continue,
+        };
+        if job.notify && args.results.put(Msg::Started { pid, id: job.id }).is_err() {
+            return;
+        }
+        let outcomes: Vec<WireOutcome> = job
+            .items
+            .iter()
+            .map(|input| run_item(&mut cache, &job.task, input))
+            .collect();
+        let reply = Msg::Done {
+            pid,
+            id: job.id,
+            outcomes,
+        };
+        match args.results.put(reply) {
+            Ok(()) => {}
+            Err(PutError::TooLarge { value, size, limit }) => {
+                // Too large as a whole: report each item as an error
+                // rather than lose the job.
+                let n = match value {
+                    Msg::Done { outcomes, .. } => outcomes.len(),
+                    _ => 1,
+                };
+                let reason =
+                    format!("the results ({size} bytes) exceed the {limit}-byte message limit");
+                let outcomes = (0..n)
+                    .map(|_| WireOutcome::ResultEncode(reason.clone()))
+                    .collect();
+                if args
+                    .results
+                    .put(Msg::Done {
+                        pid,
+                        id: job.id,
+                        outcomes,
+                    })
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+        jobs += 1;
+        if args.max_jobs != 0 && jobs >= args.max_jobs {
+            return;
+        }
+    }
+}
+crate::register_task!(pool_worker);
+
+/// The process backend's settings.
+#[derive(Debug)]
+pub(crate) struct Config {
+    pub(crate) size: usize,
+    pub(crate) init: Option<InitCall>,
+    pub(crate) max_jobs: u64,
+    pub(crate) notify: bool,
+    pub(crate) events: Events,
+    pub(crate) start_method: Option<StartMethod>,
+}
+
+/// A job sent to a worker, awaiting its result.
+struct Flight {
+    id: u64,
+    items: usize,
+    timeout: Option<Duration>,
+    done: Completion,
+}
+
+/// One live worker process.
+struct Worker {
+    proc: Process<()>,
+    pid: u32,
+    tasks: Queue<WireJob>,
+    inflight: VecDeque<Flight>,
+    /// Jobs sent over its life (for `max_tasks_per_child`).
+    sent: u64,
+    /// When the job at the head of `inflight` started (or may have).
+    head_since: Option<Instant>,
+}
+
+struct State {
+    workers: Vec<Worker>,
+    pending: VecDeque<Job>,
+    /// Jobs submitted and not yet completed.
+    outstanding: usize,
+    closed: bool,
+    terminated: bool,
+    broken: Option<TaskError>,
+    /// The manager has exited and every worker is gone.
+    finished: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+    results: Queue<Msg>,
+    cfg: Config,
+}
+
+/// Completions to run once the state lock is released.
+type Ready = Vec<(Completion, JobResult)>;
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn spawn_worker(&self) -> Result<Worker, TaskError> {
+        let start_err = |e: String| TaskError::WorkerStart(e);
+        let tasks: Queue<WireJob> = Queue::new().map_err(|e| start_err(e.to_string()))?;
+        let args = WorkerArgs {
+            tasks: tasks.clone(),
+            results: self.results.clone(),
+            init: self.cfg.init.clone(),
+            max_jobs: self.cfg.max_jobs,
+        };
+        let mut builder = Process::builder(pool_worker, (args,))
+            .name("herd-pool-worker")
+            .daemon(true);
+        if let Some(m) = self.cfg.start_method {
+            builder = builder.start_method(m);
+        }
+        let proc = builder.start().map_err(|e| start_err(e.to_string()))?;
+        Ok(Worker {
+            pid: proc.pid(),
+            proc,
+            tasks,
+            inflight: VecDeque::new(),
+            sent: 0,
+            head_since: None,
+        })
+    }
+
+    /// Fails a job now (it never reached a worker).
+    fn fail(&self, st: &mut State, ready: &mut Ready, id: u64, done: Completion, error: TaskError) {
+        st.outstanding = st.outstanding.saturating_sub(1);
+        self.cfg.events.emit(|| TaskEvent::Failed {
+            id,
+            worker_pid: None,
+            error: error.clone(),
+        });
+        ready.push((done, JobResult::Failed(error)));
+    }
+
+    /// Sends `job` to worker `w`.
+    fn send(&self, st: &mut State, ready: &mut Ready, w: usize, job: Job) {
+        let Work::Encoded { task, items } = job.work else {
+            let error =
+                TaskError::Refused("internal: a thread job reached a process pool".to_owned());
+            return self.fail(st, ready, job.id, job.done, error);
+        };
+        let wire = WireJob {
+            id: job.id,
+            task,
+            notify: self.cfg.notify,
+            items: items.into_iter().map(ByteBuf::from).collect(),
+        };
+        let worker = &mut st.workers[w];
+        match worker.tasks.put(wire) {
+            Ok(()) => {
+                if worker.inflight.is_empty() {
+                    worker.head_since = Some(Instant::now());
+                }
+                worker.sent += 1;
+                worker.inflight.push_back(Flight {
+                    id: job.id,
+                    items: job.items,
+                    timeout: job.timeout,
+                    done: job.done,
+                });
+            }
+            Err(e) => {
+                let error = TaskError::ArgsEncode(e.to_string());
+                self.fail(st, ready, job.id, job.done, error);
+            }
+        }
+    }
+
+    /// Whether worker `w` can take another job.
+    fn has_room(&self, w: &Worker) -> bool {
+        w.inflight.len() < DEPTH && (self.cfg.max_jobs == 0 || w.sent < self.cfg.max_jobs)
+    }
+
+    /// Hands pending jobs to the least-loaded workers; an idle worker takes
+    /// back a job still queued (not taken) at a busy one.
+    fn dispatch(&self, st: &mut State, ready: &mut Ready) {
+        while !st.pending.is_empty() {
+            let best = (0..st.workers.len())
+                .filter(|&i| self.has_room(&st.workers[i]))
+                .min_by_key(|&i| st.workers[i].inflight.len());
+            let Some(w) = best else { break };
+            let Some(job) = st.pending.pop_front() else {
+                break;
+            };
+            self.send(st, ready, w, job);
+        }
+        if !st.pending.is_empty() {
+            return;
+        }
+        for idle in 0..st.workers.len() {
+            if !st.workers[idle].inflight.is_empty() || !self.has_room(&st.workers[idle]) {
+                continue;
+            }
+            let donor = (0..st.workers.len())
+                .filter(|&i| st.workers[i].inflight.len() >= 2 && !st.workers[i].tasks.is_empty())
+                .max_by_key(|&i| st.workers[i].inflight.len());
+            let Some(d) = donor else { break };
+            let Ok(wire) = st.workers[d].tasks.try_get() else {
+                continue;
+            };
+            let Some(pos) = st.workers[d].inflight.iter().position(|f| f.id == wire.id) else {
+                continue;
+            };
+            let Some(flight) = st.workers[d].inflight.remove(pos) else {
+                continue;
+            };
+            st.workers[d].sent = st.workers[d].sent.saturating_sub(1);
+            let job = Job {
+                id: flight.id,
+                items: flight.items,
+                timeout: flight.timeout,
+                done: flight.done,
+                work: Work::Encoded {
+                    task: wire.task,
+                    items: wire.items.into_iter().map(ByteBuf::into_vec).collect(),
+                },
+            };
+            self.send(st, ready, idle, job);
+        }
+    }
+
+    /// Handles one message from the results queue.
+    fn handle(&self, st: &mut State, ready: &mut Ready, msg: Msg) {
+        match msg {
+            Msg::Wake => {}
+            Msg::Started { pid, id } => {
+                if let Some(w) = st.workers.iter_mut().find(|w| w.pid == pid) {
+                    if w.inflight.front().is_some_and(|f| f.id == id) {
+                        w.head_since = Some(Instant::now());
+                    }
+                    self.cfg.events.emit(|| TaskEvent::Started {
+                        id,
+                        worker_pid: pid,
+                    });
+                }
+            }
+            Msg::Done { pid, id, outcomes } => {
+                let Some(w) = st.workers.iter_mut().find(|w| w.pid == pid) else {
+                    return;
+                };
+                let Some(pos) = w.inflight.iter().position(|f| f.id == id) else {
+                    return;
+                };
+                let Some(flight) = w.inflight.remove(pos) else {
+                    return;
+                };
+                w.head_since = (!w.inflight.is_empty()).then(Instant::now);
+                st.outstanding = st.outstanding.saturating_sub(1);
+                let result = if outcomes.len() == flight.items {
+                    JobResult::Encoded(outcomes.into_iter().map(WireOutcome::into_result).collect())
+                } else {
+                    JobResult::Failed(TaskError::Refused(format!(
+                        "the worker answered {} items of {}",
+                        outcomes.len(),
+                        flight.items
+                    )))
+                };
+                self.cfg.events.finished(id, pid, &result);
+                ready.push((flight.done, result));
+            }
+            Msg::InitFailed { pid, reason } => {
+                let _ = pid;
+                st.broken = Some(TaskError::Initializer(reason));
+            }
+        }
+    }
+
+    /// Takes every message waiting in the results queue.
+    fn drain(&self, st: &mut State, ready: &mut Ready) {
+        loop {
+            match self.results.try_get() {
+                Ok(m) => self.handle(st, ready, m),
+                Err(GetError::Decode(_)) => {}
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Worker `w` has ended (or was killed, with `status`): settles its jobs
+    /// and removes it.
+    fn bury(
+        &self,
+        st: &mut State,
+        ready: &mut Ready,
+        w: usize,
+        timed_out: Option<(u64, Duration)>,
+    ) {
+        // Everything it reported before dying is in the results queue.
+        self.drain(st, ready);
+        let mut worker = st.workers.swap_remove(w);
+        let status = match worker.proc.join_timeout(REAP) {
+            Ok(Some(())) => None,
+            Ok(None) => worker.proc.kill().ok().map(|s| match s {
+                crate::ExitStatus::Signaled(signal) => TaskError::WorkerKilled {
+                    pid: worker.pid,
+                    signal,
+                },
+                crate::ExitStatus::Exited(code) => TaskError::WorkerExited {
+                    pid: worker.pid,
+                    code,
+                },
+            }),
+            Err(ProcessError::Signaled { signal, .. }) => Some(TaskError::WorkerKilled {
+                pid: worker.pid,
+                signal,
+            }),
+            Err(ProcessError::ExitedWithoutResult { code, .. }) => Some(TaskError::WorkerExited {
+                pid: worker.pid,
+                code,
+            }),
+            // The status was lost (an OS error): the worker is gone all the same.
+            Err(_) => Some(TaskError::WorkerExited {
+                pid: worker.pid,
+                code: -1,
+            }),
+        };
+        // What it had not taken is still in its queue.
+        let mut untaken = HashMap::new();
+        loop {
+            match worker.tasks.try_get() {
+                Ok(j) => {
+                    untaken.insert(j.id, j);
+                }
+                Err(GetError::Decode(_)) => {}
+                Err(_) => break,
+            }
+        }
+        let mut requeue = Vec::new();
+        for flight in worker.inflight.drain(..) {
+            if let Some(wire) = untaken.remove(&flight.id) {
+                requeue.push(Job {
+                    id: flight.id,
+                    items: flight.items,
+                    timeout: flight.timeout,
+                    done: flight.done,
+                    work: Work::Encoded {
+                        task: wire.task,
+                        items: wire.items.into_iter().map(ByteBuf::into_vec).collect(),
+                    },
+                });
+                continue;
+            }
+            // Taken and unanswered: the job it died running.
+            let error = match timed_out {
+                Some((id, after)) if id == flight.id => TaskError::TimedOut(after),
+                _ => status.clone().unwrap_or(TaskError::WorkerExited {
+                    pid: worker.pid,
+                    code: 0,
+                }),
+            };
+            st.outstanding = st.outstanding.saturating_sub(1);
+            self.cfg.events.emit(|| TaskEvent::Failed {
+                id: flight.id,
+                worker_pid: Some(worker.pid),
+                error: error.clone(),
+            });
+            ready.push((flight.done, JobResult::Failed(error)));
+        }
+        for job in requeue.into_iter().rev() {
+            st.pending.push_front(job);
+        }
+    }
+
+    /// Buries every worker whose pidfd says it ended.
+    fn check_deaths(&self, st: &mut State, ready: &mut Ready) {
+        let dead: Vec<u32> = {
+            let fds: Vec<_> = st.workers.iter().map(|w| w.proc.pidfd()).collect();
+            match os::wait_readable(&fds, Some(Instant::now())) {
+                Ok(flags) => st
+                    .workers
+                    .iter()
+                    .zip(flags)
+                    .filter(|(_, dead)| *dead)
+                    .map(|(w, _)| w.pid)
+                    .collect(),
+                Err(_) => Vec::new(),
+            }
+        };
+        for pid in dead {
+            if let Some(i) = st.workers.iter().position(|w| w.pid == pid) {
+                self.bury(st, ready, i, None);
+            }
+        }
+    }
+
+    /// Kills workers whose current job is past its timeout.
+    fn check_deadlines(&self, st: &mut State, ready: &mut Ready) -> Option<Instant> {
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        let mut expired = Vec::new();
+        for w in &st.workers {
+            let (Some(f), Some(since)) = (w.inflight.front(), w.head_since) else {
+                continue;
+            };
+            let Some(t) = f.timeout else { continue };
+            let deadline = since + t;
+            if deadline <= now {
+                expired.push((w.pid, f.id, t));
+            } else {
+                next = Some(next.map_or(deadline, |n| n.min(deadline)));
+            }
+        }
+        for (pid, id, after) in expired {
+            if let Some(i) = st.workers.iter().position(|w| w.pid == pid) {
+                let _ = st.workers[i].proc.kill();
+                self.bury(st, ready, i, Some((id, after)));
+            }
+        }
+        next
+    }
+
+    /// Starts workers up to the pool's size while there is work to do.
+    fn replenish(&self, st: &mut State, ready: &mut Ready) {
+        if st.terminated {
+            return;
+        }
+        if let Some(error) = st.broken.clone() {
+            while let Some(job) = st.pending.pop_front() {
+                self.fail(st, ready, job.id, job.done, error.clone());
+            }
+            return;
+        }
+        while st.workers.len() < self.cfg.size && !(st.closed && st.pending.is_empty()) {
+            match self.spawn_worker() {
+                Ok(w) => st.workers.push(w),
+                Err(error) => {
+                    if st.workers.is_empty() {
+                        while let Some(job) = st.pending.pop_front() {
+                            self.fail(st, ready, job.id, job.done, error.clone());
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn run_ready(ready: Ready) {
+    for (done, result) in ready {
+        done(result);
+    }
+}
+
+/// The manager thread.
+fn manage(shared: &Shared) {
+    let mut last_check = Instant::now();
+    let mut next_deadline: Option<Instant> = None;
+    loop {
+        let wait = next_deadline.map_or(CHECK, |d| {
+            d.saturating_duration_since(Instant::now()).min(CHECK)
+        });
+        spin(|| !shared.results.is_empty());
+        let msg = shared.results.get_timeout(wait).ok();
+        let idle = msg.is_none();
+        let mut ready = Ready::new();
+        let mut st = shared.lock();
+        if st.terminated {
+            break;
+        }
+        if let Some(m) = msg {
+            shared.handle(&mut st, &mut ready, m);
+            shared.drain(&mut st, &mut ready);
+        }
+        if idle
+            || last_check.elapsed() >= CHECK
+            || next_deadline.is_some_and(|d| d <= Instant::now())
+        {
+            shared.check_deaths(&mut st, &mut ready);
+            next_deadline = shared.check_deadlines(&mut st, &mut ready);
+            last_check = Instant::now();
+        }
+        shared.replenish(&mut st, &mut ready);
+        shared.dispatch(&mut st, &mut ready);
+        if next_deadline.is_none() {
+            // A job just sent may carry a timeout.
+            next_deadline = st
+                .workers
+                .iter()
+                .filter_map(|w| Some(w.head_since? + w.inflight.front()?.timeout?))
+                .min();
+        }
+        let done = st.closed && st.outstanding == 0 && st.pending.is_empty();
+        if done {
+            for w in &st.workers {
+                w.tasks.close();
+            }
+            for w in &mut st.workers {
+                if !matches!(w.proc.join_timeout(REAP), Ok(Some(()))) {
+                    let _ = w.proc.kill();
+                }
+            }
+            st.workers.clear();
+            st.finished = true;
+        }
+        drop(st);
+        run_ready(ready);
+        shared.changed.notify_all();
+        if done {
+            return;
+        }
+    }
+}
+
+/// The process backend.
+pub(crate) struct Engine {
+    shared: Arc<Shared>,
+    manager: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Engine {
+    pub(crate) fn new(cfg: Config) -> Result<Self, PoolError> {
+        let results = Queue::new().map_err(|e| PoolError::WorkerStart(e.to_string()))?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                workers: Vec::new(),
+                pending: VecDeque::new(),
+                outstanding: 0,
+                closed: false,
+                terminated: false,
+                broken: None,
+                finished: false,
+            }),
+            changed: Condvar::new(),
+            results,
+            cfg,
+        });
+        {
+            let mut st = shared.lock();
+            for _ in 0..shared.cfg.size {
+                match shared.spawn_worker() {
+                    Ok(w) => st.workers.push(w),
+                    Err(e) => {
+                        for w in &mut st.workers {
+                            let _ = w.proc.kill();
+                        }
+                        return Err(PoolError::WorkerStart(e.to_string()));
+                    }
+                }
+            }
+        }
+        let for_thread = Arc::clone(&shared);
+        let manager = std::thread::Builder::new()
+            .name("herd-pool-manager".to_owned())
+            .spawn(move || manage(&for_thread))
+            .map_err(|e| PoolError::WorkerStart(e.to_string()))?;
+        Ok(Self {
+            shared,
+            manager: Mutex::new(Some(manager)),
+        })
+    }
+
+    pub(crate) fn worker_pids(&self) -> Vec<u32> {
+        self.shared.lock().workers.iter().map(|w| w.pid).collect()
+    }
+
+    pub(crate) fn submit(&self, job: Job) {
+        let shared = &*self.shared;
+        let mut ready = Ready::new();
+        let mut st = shared.lock();
+        shared.cfg.events.emit(|| TaskEvent::Submitted {
+            id: job.id,
+            items: job.items,
+        });
+        st.outstanding += 1;
+        if st.closed {
+            shared.fail(&mut st, &mut ready, job.id, job.done, TaskError::Closed);
+        } else if let Some(error) = st.broken.clone() {
+            shared.fail(&mut st, &mut ready, job.id, job.done, error);
+        } else {
+            let timed = job.timeout.is_some();
+            st.pending.push_back(job);
+            shared.dispatch(&mut st, &mut ready);
+            if timed || !st.pending.is_empty() && st.workers.len() < shared.cfg.size {
+                // The manager watches deadlines and starts workers.
+                let _ = shared.results.put(Msg::Wake);
+            }
+        }
+        drop(st);
+        run_ready(ready);
+    }
+
+    pub(crate) fn close(&self) {
+        let mut st = self.shared.lock();
+        st.closed = true;
+        drop(st);
+        let _ = self.shared.results.put(Msg::Wake);
+    }
+
+    pub(crate) fn join(&self, deadline: Option<Instant>) -> Result<(), PoolError> {
+        {
+            let mut st = self.shared.lock();
+            if !st.closed {
+                return Err(PoolError::NotClosed);
+            }
+            while !st.finished {
+                st = match deadline {
+                    None => self
+                        .shared
+                        .changed
+                        .wait(st)
+                        .unwrap_or_else(PoisonError::into_inner),
+                    Some(d) => {
+                        let left = d.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            return Err(PoolError::Timeout);
+                        }
+                        self.shared
+                            .changed
+                            .wait_timeout(st, left)
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0
+                    }
+                };
+            }
+        }
+        if let Some(h) = self
+            .manager
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            let _ = h.join();
+        }
+        Ok(())
+    }
+
+    pub(crate) fn terminate(&self) {
+        let shared = &*self.shared;
+        let mut ready = Ready::new();
+        {
+            let mut st = shared.lock();
+            if st.finished {
+                return;
+            }
+            st.terminated = true;
+            st.closed = true;
+            let mut workers = std::mem::take(&mut st.workers);
+            for w in &mut workers {
+                let _ = w.proc.kill();
+                for f in w.inflight.drain(..) {
+                    shared.fail(&mut st, &mut ready, f.id, f.done, TaskError::Terminated);
+                }
+            }
+            while let Some(job) = st.pending.pop_front() {
+                shared.fail(&mut st, &mut ready, job.id, job.done, TaskError::Terminated);
+            }
+            st.finished = true;
+        }
+        let _ = shared.results.put(Msg::Wake);
+        run_ready(ready);
+        shared.changed.notify_all();
+        if let Some(h) = self
+            .manager
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            let _ = h.join();
+        }
+    }
+}

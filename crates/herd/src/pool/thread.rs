@@ -1,0 +1,386 @@
+//! The thread backend: worker threads sharing one job list.
+//!
+//! A thread cannot be killed, so a task over its timeout is *abandoned*:
+//! its result slot gets `TimedOut`, a replacement thread starts at once,
+//! and the abandoned thread exits when its task returns.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::result::TaskError;
+use super::{Completion, Events, Job, JobResult, PoolError, TaskEvent, Work};
+use crate::PanicReport;
+
+/// The thread backend's settings.
+pub(crate) struct Config {
+    pub(crate) size: usize,
+    pub(crate) init: Option<Arc<dyn Fn() + Send + Sync>>,
+    pub(crate) max_jobs: u64,
+    pub(crate) events: Events,
+}
+
+/// A job a thread is running.
+struct Running {
+    done: Completion,
+    deadline: Option<Instant>,
+    timeout: Duration,
+    thread: u64,
+}
+
+struct State {
+    queue: VecDeque<Job>,
+    running: HashMap<u64, Running>,
+    /// Threads that count towards the pool's size (not abandoned).
+    threads: usize,
+    abandoned: HashSet<u64>,
+    next_thread: u64,
+    outstanding: usize,
+    closed: bool,
+    terminated: bool,
+    broken: Option<TaskError>,
+    timer: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Work arrived, or the pool is closing.
+    work: Condvar,
+    /// A job finished or a thread exited (for `join`).
+    changed: Condvar,
+    /// A job with a deadline started (for the timer thread).
+    timer: Condvar,
+    cfg: Config,
+    pid: u32,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Starts one worker thread (the caller counted it in `threads`).
+fn start_thread(shared: &Arc<Shared>, st: &mut State) {
+    let id = st.next_thread;
+    st.next_thread += 1;
+    let for_thread = Arc::clone(shared);
+    let started = std::thread::Builder::new()
+        .name(format!("herd-pool-thread-{id}"))
+        .spawn(move || worker(&for_thread, id));
+    if started.is_err() {
+        st.threads = st.threads.saturating_sub(1);
+        if st.threads == 0 {
+            st.broken = Some(TaskError::WorkerStart(
+                "no thread could be started".to_owned(),
+            ));
+            fail_queue(shared, st, |b| b);
+        }
+    }
+}
+
+/// Fails every queued job with the pool's broken error (or `Terminated`).
+fn fail_queue(shared: &Shared, st: &mut State, pick: impl Fn(TaskError) -> TaskError) {
+    let error = pick(st.broken.clone().unwrap_or(TaskError::Terminated));
+    let jobs: Vec<Job> = st.queue.drain(..).collect();
+    for job in jobs {
+        st.outstanding = st.outstanding.saturating_sub(1);
+        let id = job.id;
+        shared.cfg.events.emit(|| TaskEvent::Failed {
+            id,
+            worker_pid: None,
+            error: error.clone(),
+        });
+        (job.done)(JobResult::Failed(error.clone()));
+    }
+}
+
+fn worker(shared: &Arc<Shared>, me: u64) {
+    if let Some(init) = &shared.cfg.init
+        && let Err(p) = catch_unwind(AssertUnwindSafe(|| init()))
+    {
+        let report = PanicReport::from_payload(&*p);
+        let mut st = shared.lock();
+        st.broken = Some(TaskError::Initializer(report.to_string()));
+        st.threads = st.threads.saturating_sub(1);
+        fail_queue(shared, &mut st, |b| b);
+        drop(st);
+        shared.changed.notify_all();
+        shared.work.notify_all();
+        return;
+    }
+    let mut jobs = 0u64;
+    loop {
+        let mut st = shared.lock();
+        let job = loop {
+            if st.terminated || st.broken.is_some() {
+                break None;
+            }
+            if let Some(job) = st.queue.pop_front() {
+                break Some(job);
+            }
+            if st.closed {
+                break None;
+            }
+            st = shared.work.wait(st).unwrap_or_else(PoisonError::into_inner);
+        };
+        let Some(job) = job else {
+            st.threads = st.threads.saturating_sub(1);
+            drop(st);
+            shared.changed.notify_all();
+            return;
+        };
+        let Job {
+            id,
+            items,
+            work,
+            timeout,
+            done,
+        } = job;
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        st.running.insert(
+            id,
+            Running {
+                done,
+                deadline,
+                timeout: timeout.unwrap_or_default(),
+                thread: me,
+            },
+        );
+        if deadline.is_some() && !st.timer {
+            st.timer = true;
+            let for_timer = Arc::clone(shared);
+            if std::thread::Builder::new()
+                .name("herd-pool-timer".to_owned())
+                .spawn(move || timer(&for_timer))
+                .is_err()
+            {
+                st.timer = false;
+            }
+        }
+        drop(st);
+        if deadline.is_some() {
+            shared.timer.notify_all();
+        }
+        shared.cfg.events.emit(|| TaskEvent::Started {
+            id,
+            worker_pid: shared.pid,
+        });
+        let result = match work {
+            Work::Local(run) => match catch_unwind(AssertUnwindSafe(run)) {
+                Ok((values, failed)) => JobResult::Local {
+                    values,
+                    items,
+                    failed,
+                },
+                Err(p) => JobResult::Failed(TaskError::Panicked(PanicReport::from_payload(&*p))),
+            },
+            Work::Encoded { .. } => JobResult::Failed(TaskError::Refused(
+                "internal: a process job reached a thread pool".to_owned(),
+            )),
+        };
+        let mut st = shared.lock();
+        let running = st.running.remove(&id);
+        if running.is_some() {
+            st.outstanding = st.outstanding.saturating_sub(1);
+        }
+        let abandoned = st.abandoned.remove(&me);
+        jobs += 1;
+        let retire = !abandoned && shared.cfg.max_jobs != 0 && jobs >= shared.cfg.max_jobs;
+        if retire {
+            // Replace this thread (fresh thread-locals) and leave.
+            start_thread(shared, &mut st);
+        }
+        drop(st);
+        if let Some(r) = running {
+            shared.cfg.events.finished(id, shared.pid, &result);
+            (r.done)(result);
+        }
+        shared.changed.notify_all();
+        if abandoned || retire {
+            return;
+        }
+    }
+}
+
+/// Fails tasks past their deadline and replaces their threads.
+fn timer(shared: &Arc<Shared>) {
+    let mut st = shared.lock();
+    loop {
+        if st.terminated || (st.closed && st.outstanding == 0) {
+            st.timer = false;
+            return;
+        }
+        let now = Instant::now();
+        let expired: Vec<u64> = st
+            .running
+            .iter()
+            .filter(|(_, r)| r.deadline.is_some_and(|d| d <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        if !expired.is_empty() {
+            let mut fired = Vec::new();
+            for id in expired {
+                if let Some(r) = st.running.remove(&id) {
+                    st.outstanding = st.outstanding.saturating_sub(1);
+                    st.abandoned.insert(r.thread);
+                    // The abandoned thread no longer counts; its replacement does.
+                    start_thread(shared, &mut st);
+                    fired.push((id, r));
+                }
+            }
+            drop(st);
+            for (id, r) in fired {
+                let error = TaskError::TimedOut(r.timeout);
+                shared.cfg.events.emit(|| TaskEvent::Failed {
+                    id,
+                    worker_pid: Some(shared.pid),
+                    error: error.clone(),
+                });
+                (r.done)(JobResult::Failed(error));
+            }
+            shared.changed.notify_all();
+            st = shared.lock();
+            continue;
+        }
+        let next = st.running.values().filter_map(|r| r.deadline).min();
+        let wait = next.map_or(Duration::from_millis(100), |d| {
+            d.saturating_duration_since(now)
+        });
+        st = shared
+            .timer
+            .wait_timeout(st, wait)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
+    }
+}
+
+/// The thread backend.
+pub(crate) struct Engine {
+    shared: Arc<Shared>,
+}
+
+impl Engine {
+    pub(crate) fn new(cfg: Config) -> Self {
+        let size = cfg.size;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                running: HashMap::new(),
+                threads: size,
+                abandoned: HashSet::new(),
+                next_thread: 0,
+                outstanding: 0,
+                closed: false,
+                terminated: false,
+                broken: None,
+                timer: false,
+            }),
+            work: Condvar::new(),
+            changed: Condvar::new(),
+            timer: Condvar::new(),
+            cfg,
+            pid: std::process::id(),
+        });
+        {
+            let mut st = shared.lock();
+            for _ in 0..size {
+                start_thread(&shared, &mut st);
+            }
+        }
+        Self { shared }
+    }
+
+    pub(crate) fn submit(&self, job: Job) {
+        let shared = &self.shared;
+        let mut st = shared.lock();
+        let id = job.id;
+        shared.cfg.events.emit(|| TaskEvent::Submitted {
+            id,
+            items: job.items,
+        });
+        let refused = if st.closed {
+            Some(TaskError::Closed)
+        } else {
+            st.broken.clone()
+        };
+        if let Some(error) = refused {
+            drop(st);
+            shared.cfg.events.emit(|| TaskEvent::Failed {
+                id,
+                worker_pid: None,
+                error: error.clone(),
+            });
+            (job.done)(JobResult::Failed(error));
+            return;
+        }
+        st.outstanding += 1;
+        st.queue.push_back(job);
+        drop(st);
+        shared.work.notify_one();
+    }
+
+    pub(crate) fn close(&self) {
+        self.shared.lock().closed = true;
+        self.shared.work.notify_all();
+        self.shared.timer.notify_all();
+    }
+
+    pub(crate) fn join(&self, deadline: Option<Instant>) -> Result<(), PoolError> {
+        let mut st = self.shared.lock();
+        if !st.closed {
+            return Err(PoolError::NotClosed);
+        }
+        while st.threads > 0 || st.outstanding > 0 && !st.terminated {
+            st = match deadline {
+                None => self
+                    .shared
+                    .changed
+                    .wait(st)
+                    .unwrap_or_else(PoisonError::into_inner),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(PoolError::Timeout);
+                    }
+                    self.shared
+                        .changed
+                        .wait_timeout(st, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
+        }
+        Ok(())
+    }
+
+    pub(crate) fn terminate(&self) {
+        let shared = &self.shared;
+        let mut st = shared.lock();
+        if st.terminated {
+            return;
+        }
+        st.terminated = true;
+        st.closed = true;
+        fail_queue(shared, &mut st, |_| TaskError::Terminated);
+        let running: Vec<(u64, Running)> = st.running.drain().collect();
+        for (_, r) in &running {
+            st.abandoned.insert(r.thread);
+            st.threads = st.threads.saturating_sub(1);
+        }
+        st.outstanding = 0;
+        drop(st);
+        for (id, r) in running {
+            shared.cfg.events.emit(|| TaskEvent::Failed {
+                id,
+                worker_pid: Some(shared.pid),
+                error: TaskError::Terminated,
+            });
+            (r.done)(JobResult::Failed(TaskError::Terminated));
+        }
+        shared.work.notify_all();
+        shared.timer.notify_all();
+        shared.changed.notify_all();
+    }
+}

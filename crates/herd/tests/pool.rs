@@ -1,0 +1,701 @@
+//! Integration tests for `herd::Pool` with real worker processes and threads.
+//! `harness = false`: `main` calls `herd::init()` first.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use herd::pool::{Backend, TaskError, TaskEvent};
+use herd::sync::{Event, Value};
+use herd::{Pool, PoolError, Signal};
+use herd_testkit::{GUARD, check, eventually, pidfd_of, wait_fd};
+use libtest_mimic::{Arguments, Failed, Trial};
+use serde::{Serialize, Serializer};
+
+#[herd::task]
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+#[herd::task]
+fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+#[herd::task]
+fn my_pid() -> u32 {
+    std::process::id()
+}
+
+#[herd::task]
+fn pid_of_item(_x: u32) -> u32 {
+    std::process::id()
+}
+
+#[herd::task]
+fn die_by(signal: i32) -> u32 {
+    // Twice: Rust's runtime handles the first SIGSEGV (its stack-overflow
+    // check), restores the default action and returns; the second kills.
+    for _ in 0..2 {
+        // SAFETY: raise only sends a signal to this process.
+        unsafe {
+            libc::raise(signal);
+        }
+    }
+    0
+}
+
+#[herd::task]
+fn exit_with(code: i32) -> u32 {
+    std::process::exit(code)
+}
+
+#[herd::task]
+fn boom(x: u32) -> u32 {
+    if x == 3 {
+        panic!("item {x} is cursed");
+    }
+    x
+}
+
+#[herd::task]
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+static CHANNELS: OnceLock<(herd::Queue<u32>, Event)> = OnceLock::new();
+
+/// Shared objects reach pool workers through the initializer (as in Python).
+#[herd::task]
+fn hold_channels(started: herd::Queue<u32>, go: Event) {
+    let _ = CHANNELS.set((started, go));
+}
+
+/// Waits on `go` (so the test decides when the task ends), reporting its pid first.
+#[herd::task]
+fn wait_for_go() -> u32 {
+    let (started, go) = CHANNELS.get().expect("initializer ran");
+    started.put(std::process::id()).expect("put");
+    go.wait_timeout(GUARD);
+    7
+}
+
+#[herd::task]
+fn takes_queue(q: herd::Queue<u32>) -> usize {
+    q.len()
+}
+
+/// A value whose serialization always fails.
+#[derive(Debug, serde::Deserialize)]
+struct Unserializable;
+
+impl Serialize for Unserializable {
+    fn serialize<S: Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("this value refuses to serialize"))
+    }
+}
+
+#[herd::task]
+fn unserializable() -> Unserializable {
+    Unserializable
+}
+
+thread_local! {
+    /// Set by the initializer on the worker's thread (a process worker runs
+    /// its tasks on the thread that ran its initializer).
+    static INIT_TAG: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+#[herd::task]
+fn init_worker(counter: Value<u32>, tag: String) {
+    counter.fetch_add(1);
+    let before = INIT_TAG.with(|t| t.borrow_mut().replace(tag));
+    assert!(before.is_none(), "initializer ran twice in one worker");
+}
+
+#[herd::task]
+fn read_tag() -> String {
+    INIT_TAG.with(|t| t.borrow().clone()).unwrap_or_default()
+}
+
+#[herd::task]
+fn failing_init() {
+    panic!("no database");
+}
+
+fn pool(backend: Backend, size: usize) -> Pool {
+    Pool::builder()
+        .backend(backend)
+        .size(size)
+        .build()
+        .expect("pool")
+}
+
+fn each_backend(f: impl Fn(Backend) -> Result<(), Failed>) -> Result<(), Failed> {
+    f(Backend::Processes)?;
+    f(Backend::Threads)
+}
+
+fn the_api_works_on_both_backends() -> Result<(), Failed> {
+    each_backend(|b| {
+        let p = pool(b, 2);
+        check(p.apply(square, (9,)) == Ok(81), "apply")?;
+        let r = p.apply_async(add, (40, 2));
+        check(r.get() == Ok(42), "apply_async")?;
+        check(
+            p.map(square, 0..10)? == (0..10).map(|x| x * x).collect::<Vec<_>>(),
+            "map",
+        )?;
+        check(
+            p.starmap(add, vec![(1, 2), (3, 4)])? == vec![3, 7],
+            "starmap",
+        )?;
+        let got: Vec<u64> = p.imap(square, 0..50u64).map(Result::unwrap).collect();
+        check(
+            got == (0..50).map(|x| x * x).collect::<Vec<_>>(),
+            "imap order",
+        )?;
+        let mut un: Vec<u64> = p
+            .imap_unordered(square, 0..50u64)
+            .map(Result::unwrap)
+            .collect();
+        un.sort_unstable();
+        check(un == got, "imap_unordered has every item")?;
+        let mut r = p.apply_async(nap, (1,));
+        check(r.get_timeout(GUARD) == Ok(1), "get_timeout")?;
+        check(
+            r.get_timeout(GUARD) == Err(TaskError::AlreadyTaken),
+            "taken once",
+        )?;
+        let m = p.map_async(square, vec![2, 3]);
+        check(
+            m.wait_timeout(GUARD) && m.successful() == Some(true),
+            "map_async",
+        )?;
+        check(m.get() == Ok(vec![4, 9]), "map_async value")?;
+        p.close();
+        p.join_timeout(GUARD)?;
+        Ok(())
+    })
+}
+
+fn chunking_is_correct() -> Result<(), Failed> {
+    each_backend(|b| {
+        let p = pool(b, 2);
+        let want: Vec<u64> = (0..1000).map(|x| x * x).collect();
+        for chunk in [1, 3, 7, 999, 1000, 5000] {
+            check(
+                p.map_chunked(square, 0..1000u64, chunk)? == want,
+                format!("chunk {chunk}"),
+            )?;
+            let got: Vec<u64> = p
+                .imap_chunked(square, 0..1000u64, chunk)
+                .map(Result::unwrap)
+                .collect();
+            check(got == want, format!("imap chunk {chunk}"))?;
+        }
+        check(p.map(square, Vec::<u64>::new())?.is_empty(), "empty map")?;
+        check(p.map(square, 0..1000u64)? == want, "auto chunk")?;
+        // A failure is reported by its position; the other items are fine.
+        let err = p.map_chunked(boom, 0..10u32, 4).unwrap_err();
+        check(
+            matches!(&err, TaskError::Panicked(r) if r.message.contains("item 3 is cursed")),
+            format!("map error: {err}"),
+        )?;
+        let items: Vec<_> = p.imap_chunked(boom, 0..6u32, 2).collect();
+        check(items.len() == 6 && items[3].is_err(), "imap error in place")?;
+        check(
+            items
+                .iter()
+                .enumerate()
+                .all(|(i, r)| i == 3 || *r == Ok(i as u32)),
+            "imap others fine",
+        )?;
+        Ok(())
+    })
+}
+
+fn imap_is_lazy_and_bounded() -> Result<(), Failed> {
+    each_backend(|b| {
+        let p = pool(b, 2);
+        let pulled = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&pulled);
+        let input = (0u64..).inspect(move |_| {
+            counter.fetch_add(1, Ordering::Relaxed);
+        });
+        let mut it = p.imap(square, input);
+        for i in 0..100u64 {
+            check(it.next() == Some(Ok(i * i)), "imap over an endless input")?;
+            check(it.in_flight() <= 8, format!("in flight {}", it.in_flight()))?;
+        }
+        let taken = pulled.load(Ordering::Relaxed);
+        check(
+            taken <= 100 + 8,
+            format!("pulled {taken} items for 100 results"),
+        )?;
+        Ok(())
+    })
+}
+
+fn panic_is_an_error_with_location() -> Result<(), Failed> {
+    each_backend(|b| {
+        let p = pool(b, 1);
+        match p.apply(boom, (3,)) {
+            Err(TaskError::Panicked(r)) => {
+                check(r.message == "item 3 is cursed", r.message.clone())?;
+                check(
+                    r.location.as_deref().is_some_and(|l| l.contains("pool.rs")),
+                    format!("location {:?}", r.location),
+                )?;
+            }
+            other => return Err(format!("{other:?}").into()),
+        }
+        check(p.apply(boom, (4,)) == Ok(4), "the worker goes on")?;
+        Ok(())
+    })
+}
+
+fn unserializable_result_is_an_error() -> Result<(), Failed> {
+    let p = pool(Backend::Processes, 1);
+    let r = p.apply(unserializable, ());
+    check(
+        matches!(&r, Err(TaskError::ResultEncode(m)) if m.contains("refuses")),
+        format!("{r:?}"),
+    )?;
+    check(p.apply(square, (3,)) == Ok(9), "the pool goes on")
+}
+
+fn unregistered_task_is_an_error() -> Result<(), Failed> {
+    fn not_a_task(x: u32) -> u32 {
+        x
+    }
+    let p = pool(Backend::Processes, 1);
+    let r = p.apply(not_a_task, (1,));
+    check(
+        matches!(r, Err(TaskError::NotRegistered(_))),
+        format!("{r:?}"),
+    )?;
+    // The thread backend needs no registration.
+    let t = pool(Backend::Threads, 1);
+    check(t.apply(not_a_task, (1,)) == Ok(1), "threads run any fn")?;
+    // A shared object as a task argument: a clear error naming the way.
+    let r = p.apply(takes_queue, (herd::Queue::new()?,));
+    check(
+        matches!(&r, Err(TaskError::ArgsEncode(m)) if m.contains("initializer")),
+        format!("{r:?}"),
+    )?;
+    check(
+        t.apply(takes_queue, (herd::Queue::new()?,)) == Ok(0),
+        "threads take it",
+    )
+}
+
+fn worker_killed_mid_task() -> Result<(), Failed> {
+    let p = pool(Backend::Processes, 2);
+    let before: HashSet<u32> = p.worker_pids().into_iter().collect();
+    for (sig, name) in [
+        (libc::SIGKILL, "SIGKILL"),
+        (libc::SIGSEGV, "SIGSEGV"),
+        (libc::SIGABRT, "SIGABRT"),
+    ] {
+        let others: Vec<_> = (0..20u64).map(|i| p.apply_async(square, (i,))).collect();
+        let t = Instant::now();
+        let r = p.apply_async(die_by, (sig,));
+        match r.get() {
+            Err(TaskError::WorkerKilled { signal, .. }) if signal == Signal::from_raw(sig) => {}
+            other => return Err(format!("{name}: {other:?}").into()),
+        }
+        check(
+            t.elapsed() < Duration::from_secs(1),
+            format!("{name} took {:?}", t.elapsed()),
+        )?;
+        for (i, o) in others.into_iter().enumerate() {
+            check(
+                o.get() == Ok((i * i) as u64),
+                format!("{name}: task {i} unaffected"),
+            )?;
+        }
+    }
+    let r = p.apply(exit_with, (3,));
+    check(
+        matches!(r, Err(TaskError::WorkerExited { code: 3, .. })),
+        format!("{r:?}"),
+    )?;
+    check(
+        p.map(square, 0..100u64)?.len() == 100,
+        "replaced workers work",
+    )?;
+    check(p.worker_pids().len() == 2, "back to full size")?;
+    let after: HashSet<u32> = p.worker_pids().into_iter().collect();
+    check(before != after, "workers were replaced")?;
+    p.close();
+    p.join_timeout(GUARD)?;
+    Ok(())
+}
+
+fn worker_killed_from_outside_while_busy() -> Result<(), Failed> {
+    let started = herd::Queue::new()?;
+    let go = Event::new()?;
+    let p = Pool::builder()
+        .size(2)
+        .initializer(hold_channels, (started.clone(), go.clone()))
+        .build()?;
+    let r = p.apply_async(wait_for_go, ());
+    let pid = started.get_timeout(GUARD)?;
+    let t = Instant::now();
+    // SAFETY: kill sends a signal to our own worker.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+    let got = r.get();
+    check(
+        matches!(got, Err(TaskError::WorkerKilled { pid: p2, signal }) if p2 == pid && signal == Signal::KILL),
+        format!("{got:?}"),
+    )?;
+    check(
+        t.elapsed() < Duration::from_secs(1),
+        format!("took {:?}", t.elapsed()),
+    )?;
+    // A task that was waiting behind it is not lost.
+    let r2 = p.apply_async(wait_for_go, ());
+    started.get_timeout(GUARD)?;
+    go.set();
+    check(r2.get() == Ok(7), "next task runs")?;
+    Ok(())
+}
+
+fn killing_an_idle_worker_never_wedges() -> Result<(), Failed> {
+    let p = pool(Backend::Processes, 2);
+    let victim = p.worker_pids()[0];
+    let fd = pidfd_of(victim).ok_or("pidfd")?;
+    // SAFETY: kill sends a signal to our own worker.
+    unsafe {
+        libc::kill(victim as i32, libc::SIGKILL);
+    }
+    check(wait_fd(std::os::fd::AsFd::as_fd(&fd), GUARD), "victim died")?;
+    check(
+        p.map_chunked(square, 0..200u64, 1)?.len() == 200,
+        "map after an idle kill",
+    )?;
+    check(
+        eventually(|| p.worker_pids().len() == 2 && !p.worker_pids().contains(&victim)),
+        "replaced",
+    )?;
+    // Kill one more idle worker, then terminate: terminate returns.
+    let v2 = p.worker_pids()[1];
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(v2 as i32, libc::SIGKILL);
+    }
+    let t = Instant::now();
+    p.terminate();
+    check(t.elapsed() < Duration::from_secs(5), "terminate returned")?;
+    Ok(())
+}
+
+fn timeout_then_more_work() -> Result<(), Failed> {
+    each_backend(|b| {
+        let p = pool(b, 1);
+        let t = Instant::now();
+        let slow = p.apply_async_timeout(nap, (30_000,), Duration::from_millis(100));
+        let queued = p.apply_async(square, (5,));
+        let got = slow.get();
+        check(
+            got == Err(TaskError::TimedOut(Duration::from_millis(100))),
+            format!("{b:?}: {got:?}"),
+        )?;
+        check(
+            t.elapsed() < Duration::from_secs(5),
+            format!("took {:?}", t.elapsed()),
+        )?;
+        check(queued.get() == Ok(25), "the task queued behind it runs")?;
+        check(p.apply(square, (6,)) == Ok(36), "the pool goes on")?;
+        // A pool-wide timeout.
+        let q = Pool::builder()
+            .backend(b)
+            .size(1)
+            .task_timeout(Duration::from_millis(100))
+            .build()?;
+        check(
+            matches!(q.apply(nap, (30_000,)), Err(TaskError::TimedOut(_))),
+            "pool-wide timeout",
+        )?;
+        check(q.apply(nap, (1,)) == Ok(1), "fast task within it")?;
+        Ok(())
+    })
+}
+
+fn max_tasks_per_child_recycles() -> Result<(), Failed> {
+    each_backend(|b| {
+        let p = Pool::builder()
+            .backend(b)
+            .size(1)
+            .max_tasks_per_child(2)
+            .build()?;
+        let pids: Vec<u32> = (0..6)
+            .map(|_| p.apply(my_pid, ()))
+            .collect::<Result<_, _>>()?;
+        if b == Backend::Processes {
+            let distinct: HashSet<_> = pids.iter().collect();
+            check(distinct.len() == 3, format!("pids {pids:?}"))?;
+            check(
+                pids[0] == pids[1] && pids[1] != pids[2],
+                format!("pids {pids:?}"),
+            )?;
+        }
+        p.close();
+        p.join_timeout(GUARD)?;
+        Ok(())
+    })
+}
+
+fn initializer_runs_once_per_worker() -> Result<(), Failed> {
+    each_backend(|b| {
+        let counter = Value::new(0u32)?;
+        let p = Pool::builder()
+            .backend(b)
+            .size(2)
+            .initializer(init_worker, (counter.clone(), "ready".to_owned()))
+            .build()?;
+        if b == Backend::Processes {
+            let tags = p.map_chunked(|_: u32| read_tag(), 0..4u32, 1);
+            // Closures are not tasks on the process backend.
+            check(
+                matches!(tags, Err(TaskError::NotRegistered(_))),
+                "closure refused",
+            )?;
+            check(p.apply(read_tag, ())? == "ready", "worker state set")?;
+        }
+        check(p.map(square, 0..100u64)?.len() == 100, "work")?;
+        check(
+            p.starmap(read_tag, vec![(); 8])?
+                .iter()
+                .all(|t| t == "ready"),
+            "every worker initialized",
+        )?;
+        p.close();
+        p.join_timeout(GUARD)?;
+        let n = counter.get();
+        check(
+            match b {
+                Backend::Processes => n == 2,
+                // Threads share the process: the counter counts threads.
+                Backend::Threads => n == 2,
+            },
+            format!("{b:?}: initializer ran {n} times"),
+        )?;
+        Ok(())
+    })
+}
+
+fn failing_initializer_fails_tasks_not_hangs() -> Result<(), Failed> {
+    each_backend(|b| {
+        let p = Pool::builder()
+            .backend(b)
+            .size(2)
+            .initializer(failing_init, ())
+            .build()?;
+        let r = p.apply_async(square, (2,));
+        check(r.wait_timeout(GUARD), "resolved")?;
+        let got = r.get();
+        check(
+            matches!(&got, Err(TaskError::Initializer(m)) if m.contains("no database")),
+            format!("{b:?}: {got:?}"),
+        )?;
+        Ok(())
+    })
+}
+
+fn close_join_terminate_in_every_state() -> Result<(), Failed> {
+    each_backend(|b| {
+        // join on an open pool.
+        let p = pool(b, 2);
+        check(
+            matches!(p.join(), Err(PoolError::NotClosed)),
+            "join needs close",
+        )?;
+        // close, then submit.
+        p.close();
+        check(
+            p.apply(square, (2,)) == Err(TaskError::Closed),
+            "closed pool refuses",
+        )?;
+        p.join_timeout(GUARD)?;
+        p.terminate();
+        // close with work queued: join waits for all of it.
+        let p = pool(b, 2);
+        let rs: Vec<_> = (0..10u64).map(|i| p.apply_async(nap, (i,))).collect();
+        p.close();
+        p.join_timeout(GUARD)?;
+        for (i, r) in rs.into_iter().enumerate() {
+            check(r.ready() && r.get() == Ok(i as u64), "work done at join")?;
+        }
+        // terminate with tasks running and queued.
+        let p = pool(b, 1);
+        let running = p.apply_async(nap, (30_000,));
+        let queued = p.apply_async(square, (3,));
+        let t = Instant::now();
+        p.terminate();
+        check(t.elapsed() < Duration::from_secs(5), "terminate returned")?;
+        check(
+            running.get() == Err(TaskError::Terminated),
+            "running terminated",
+        )?;
+        check(
+            queued.get() == Err(TaskError::Terminated),
+            "queued terminated",
+        )?;
+        p.join_timeout(GUARD)?;
+        check(
+            p.apply(square, (1,)) == Err(TaskError::Closed),
+            "terminated refuses",
+        )?;
+        p.terminate();
+        // drop an open, busy pool.
+        let p = pool(b, 1);
+        let r = p.apply_async(nap, (30_000,));
+        drop(p);
+        check(r.get() == Err(TaskError::Terminated), "drop terminates")?;
+        Ok(())
+    })
+}
+
+fn events_report_the_task_life() -> Result<(), Failed> {
+    each_backend(|b| {
+        let p = Pool::builder().backend(b).size(1).events(true).build()?;
+        let rx = p.events().ok_or("events on")?;
+        let ok = p.apply_async(square, (2,));
+        let id = ok.id();
+        check(ok.get() == Ok(4), "value")?;
+        let bad = p.apply_async(boom, (3,));
+        let bad_id = bad.id();
+        check(bad.get().is_err(), "failure")?;
+        let mut seen = Vec::new();
+        while seen.len() < 6 {
+            seen.push(rx.recv_timeout(GUARD)?);
+        }
+        let want_pid = match b {
+            Backend::Processes => p.worker_pids()[0],
+            Backend::Threads => std::process::id(),
+        };
+        check(
+            seen[0] == TaskEvent::Submitted { id, items: 1 },
+            format!("{seen:?}"),
+        )?;
+        check(
+            seen.contains(&TaskEvent::Started {
+                id,
+                worker_pid: want_pid,
+            }),
+            format!("started: {seen:?}"),
+        )?;
+        check(
+            seen.contains(&TaskEvent::Finished {
+                id,
+                worker_pid: want_pid,
+                ok: 1,
+                failed: 0,
+            }) || seen
+                .iter()
+                .any(|e| matches!(e, TaskEvent::Finished { id: i, .. } if *i == id)),
+            format!("finished: {seen:?}"),
+        )?;
+        check(
+            seen.iter().any(|e| matches!(e, TaskEvent::Failed { id: i, .. } | TaskEvent::Finished { id: i, failed: 1, .. } if *i == bad_id)),
+            format!("failed: {seen:?}"),
+        )?;
+        Ok(())
+    })
+}
+
+/// A minimal executor: polls `fut`, parking until woken.
+fn block_on<F: Future>(fut: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = pin!(fut);
+    let end = Instant::now() + GUARD;
+    loop {
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        assert!(Instant::now() < end, "future never finished");
+        std::thread::park_timeout(GUARD);
+    }
+}
+
+fn async_result_is_a_future() -> Result<(), Failed> {
+    each_backend(|b| {
+        let p = pool(b, 2);
+        check(
+            block_on(p.apply_async(square, (12,))) == Ok(144),
+            "await apply",
+        )?;
+        check(
+            block_on(p.map_async(square, 0..4u64)) == Ok(vec![0, 1, 4, 9]),
+            "await map",
+        )?;
+        Ok(())
+    })
+}
+
+fn main() {
+    herd::init();
+    let args = Arguments::from_args();
+    let tests = vec![
+        Trial::test(
+            "the_api_works_on_both_backends",
+            the_api_works_on_both_backends,
+        ),
+        Trial::test("chunking_is_correct", chunking_is_correct),
+        Trial::test("imap_is_lazy_and_bounded", imap_is_lazy_and_bounded),
+        Trial::test(
+            "panic_is_an_error_with_location",
+            panic_is_an_error_with_location,
+        ),
+        Trial::test(
+            "unserializable_result_is_an_error",
+            unserializable_result_is_an_error,
+        ),
+        Trial::test(
+            "unregistered_task_is_an_error",
+            unregistered_task_is_an_error,
+        ),
+        Trial::test("worker_killed_mid_task", worker_killed_mid_task),
+        Trial::test(
+            "worker_killed_from_outside_while_busy",
+            worker_killed_from_outside_while_busy,
+        ),
+        Trial::test(
+            "killing_an_idle_worker_never_wedges",
+            killing_an_idle_worker_never_wedges,
+        ),
+        Trial::test("timeout_then_more_work", timeout_then_more_work),
+        Trial::test("max_tasks_per_child_recycles", max_tasks_per_child_recycles),
+        Trial::test(
+            "initializer_runs_once_per_worker",
+            initializer_runs_once_per_worker,
+        ),
+        Trial::test(
+            "failing_initializer_fails_tasks_not_hangs",
+            failing_initializer_fails_tasks_not_hangs,
+        ),
+        Trial::test(
+            "close_join_terminate_in_every_state",
+            close_join_terminate_in_every_state,
+        ),
+        Trial::test("events_report_the_task_life", events_report_the_task_life),
+        Trial::test("async_result_is_a_future", async_result_is_a_future),
+    ];
+    libtest_mimic::run(&args, tests).exit();
+}
