@@ -3,8 +3,9 @@
 //! `cargo run --release -p herd-bench -- <suite> [--quick]` prints one JSON
 //! object per line:
 //! `{"suite":"spawn","case":"trivial","impl":"herd-forkserver","metric":"median_us","value":412.0,"unit":"us"}`.
-//! Suites: `spawn`, `sync`, `queue` (or `all`). `--quick` keeps each suite under 30 seconds.
+//! Suites: `spawn`, `sync`, `queue`, `pool` (or `all`). `--quick` keeps each suite under 30 seconds.
 
+mod pool;
 mod queue;
 mod report;
 mod spawn;
@@ -12,7 +13,7 @@ mod sync;
 
 use std::process::ExitCode;
 
-const SUITES: &[&str] = &["spawn", "sync", "queue"];
+const SUITES: &[&str] = &["spawn", "sync", "queue", "pool"];
 
 fn main() -> ExitCode {
     // Both are no-ops in the benchmark itself; in a child they run its task.
@@ -42,10 +43,12 @@ fn main() -> ExitCode {
         "spawn" => spawn::run(quick),
         "sync" => sync::run(quick),
         "queue" => queue::run(quick),
+        "pool" => pool::run(quick),
         "all" => {
             spawn::run(quick);
             sync::run(quick);
             queue::run(quick);
+            pool::run(quick);
         }
         other => {
             eprintln!(

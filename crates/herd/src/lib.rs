@@ -131,7 +131,7 @@ pub use process::{
     forkserver_pid, init, set_start_method, spawn, start_method,
 };
 pub use queue::{GetError, JoinableQueue, PutError, Queue, QueueBuilder, SimpleQueue};
-pub use task::{PanicReport, PreparedTask, RunFailure, TaskEntry, TaskFn};
+pub use task::{BatchRun, ItemFailure, PanicReport, PreparedTask, RunFailure, TaskEntry, TaskFn};
 
 /// Registers a function as a herd task. See the [crate docs](crate#tasks).
 ///
@@ -175,6 +175,7 @@ macro_rules! register_task {
                 type_id: || $crate::__private::type_id_of_val(&$f),
                 fingerprint: || $crate::__private::fingerprint_of($f),
                 prepare: |input| $crate::__private::prepare($f, input),
+                run_batch: |input| $crate::__private::run_batch($f, input),
             };
         };
     };

@@ -231,3 +231,89 @@ fn s7_queue_reader_gets_everything_then_is_terminated() {
         assert!(put < got, "{lines:#?}");
     }
 }
+
+/// Like [`run`], with one seed second lasting `sleep_ms` milliseconds.
+fn run_scaled(name: &str, sleep_ms: u32) -> Vec<String> {
+    let mut cmd = Command::new(example(name));
+    cmd.env("HERD_EXAMPLE_SLEEP_MS", sleep_ms.to_string());
+    let (status, out) = herd_testkit::run_guarded(cmd).expect("run example");
+    assert!(status.success(), "{name} failed: {status:?}");
+    out.lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn s5_pool_runs_four_at_once_then_the_fifth() {
+    // A task sleeps one to three seed seconds: at 100 ms a second, the four
+    // first tasks overlap by far more than the workers' start-up skew.
+    let lines = run_scaled("s5_pool", 100);
+    let parent = field(&lines[0], "Parent process ");
+    assert!(lines[0].starts_with("Parent process "), "{lines:#?}");
+    let starts: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].starts_with("Run task "))
+        .collect();
+    let ends: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].starts_with("Task ") && lines[i].ends_with(" seconds."))
+        .collect();
+    assert_eq!(starts.len(), 5, "{lines:#?}");
+    assert_eq!(ends.len(), 5, "{lines:#?}");
+    // Four start before any ends: they run at once.
+    assert!(starts[3] < ends[0], "{lines:#?}");
+    // The fifth waits for a free worker.
+    let fifth = pos(&lines, "Run task 4 (");
+    assert!(fifth > ends[0], "{lines:#?}");
+    assert!(
+        pos(&lines, "Waiting for all subprocesses done...") < pos(&lines, "All subprocesses done.")
+    );
+    let done = pos(&lines, "All subprocesses done.");
+    assert!(ends.iter().all(|&e| e < done), "{lines:#?}");
+    // Results: four distinct workers, none the parent; the fifth task ran
+    // on one of them.
+    let mut pids = Vec::new();
+    for n in 0..5 {
+        let at = pos(&lines, &format!("Result of task {n}: "));
+        assert!(at > done, "{lines:#?}");
+        let line = &lines[at];
+        let pid = field(line, "worker ");
+        assert_eq!(
+            pid,
+            field(&lines[pos(&lines, &format!("Run task {n} ("))], "(")
+        );
+        assert_ne!(pid, parent);
+        pids.push(pid);
+    }
+    let mut first_four = pids[..4].to_vec();
+    first_four.sort_unstable();
+    first_four.dedup();
+    assert_eq!(first_four.len(), 4, "{lines:#?}");
+    assert!(first_four.contains(&pids[4]), "{lines:#?}");
+}
+
+#[test]
+fn s6_copy_files_times_both_ways_and_verifies() {
+    let lines = run("s6_copy_files", &[]);
+    for n in [4, 400] {
+        let head = pos(&lines, &format!("{n} files of "));
+        let one = lines[head..]
+            .iter()
+            .position(|l| l.trim_start().starts_with("1 process:") && l.ends_with(" ms"))
+            .unwrap_or_else(|| panic!("no 1-process timing for {n}: {lines:#?}"));
+        let pool = lines[head..]
+            .iter()
+            .position(|l| l.trim_start().starts_with("pool of ") && l.contains(" ms ("))
+            .unwrap_or_else(|| panic!("no pool timing for {n}: {lines:#?}"));
+        let verified = pos(&lines, &format!("{n} files: copies verified"));
+        assert!(
+            head + one < verified && head + pool < verified,
+            "{lines:#?}"
+        );
+    }
+    // The temporary folders are gone.
+    let dirs: Vec<_> = lines
+        .iter()
+        .filter_map(|l| l.trim_start().strip_prefix("files in "))
+        .collect();
+    assert_eq!(dirs.len(), 2, "{lines:#?}");
+    for d in dirs {
+        assert!(!std::path::Path::new(d).exists(), "{d} is left over");
+    }
+}

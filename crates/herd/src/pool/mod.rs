@@ -97,7 +97,7 @@ use thiserror::Error;
 
 pub use result::{AsyncResult, TaskError};
 
-use crate::task::{PanicReport, TaskFn, decode, encode, find_by_type};
+use crate::task::{ItemFailure, PanicReport, TaskFn, decode, encode, find_by_type};
 use crate::{StartMethod, task};
 use result::Slot;
 
@@ -202,37 +202,23 @@ impl Events {
                 worker_pid: Some(pid),
                 error: error.clone(),
             },
-            JobResult::Encoded(items) => {
-                let failed = items.iter().filter(|r| r.is_err()).count();
-                match items.as_slice() {
-                    [Err(e)] => TaskEvent::Failed {
-                        id,
-                        worker_pid: Some(pid),
-                        error: e.clone(),
-                    },
-                    _ => TaskEvent::Finished {
-                        id,
-                        worker_pid: pid,
-                        ok: items.len() - failed,
-                        failed,
-                    },
+            JobResult::Encoded { failed, items, .. } | JobResult::Local { failed, items, .. } => {
+                TaskEvent::Finished {
+                    id,
+                    worker_pid: pid,
+                    ok: items - failed,
+                    failed: *failed,
                 }
             }
-            JobResult::Local { failed, items, .. } => TaskEvent::Finished {
-                id,
-                worker_pid: pid,
-                ok: items - failed,
-                failed: *failed,
-            },
         });
     }
 }
 
 /// What a worker runs for one job.
 pub(crate) enum Work {
-    /// A registered task by name and each item's encoded arguments
-    /// (process backend).
-    Encoded { task: String, items: Vec<Vec<u8>> },
+    /// A registered task by name and the encoded list of every item's
+    /// argument tuple (process backend).
+    Encoded { task: String, batch: Vec<u8> },
     /// A closure running every item (thread backend); it returns a boxed
     /// `Vec<Result<R, TaskError>>` and how many items failed.
     Local(Box<dyn FnOnce() -> (Box<dyn Any + Send>, usize) + Send>),
@@ -241,7 +227,11 @@ pub(crate) enum Work {
 /// How a job ended.
 pub(crate) enum JobResult {
     /// Each item's encoded result or error (process backend).
-    Encoded(Vec<Result<Vec<u8>, TaskError>>),
+    Encoded {
+        bytes: Vec<u8>,
+        items: usize,
+        failed: usize,
+    },
     /// The boxed `Vec<Result<R, TaskError>>` (thread backend).
     Local {
         values: Box<dyn Any + Send>,
@@ -267,10 +257,28 @@ pub(crate) struct Job {
 /// Turns a job's result into typed per-item results.
 fn typed<R: DeserializeOwned + 'static>(result: JobResult, n: usize) -> Vec<Result<R, TaskError>> {
     match result {
-        JobResult::Encoded(items) => items
-            .into_iter()
-            .map(|r| r.and_then(|b| decode(&b).map_err(TaskError::ResultDecode)))
-            .collect(),
+        JobResult::Encoded { bytes, .. } => match decode::<Vec<Result<R, ItemFailure>>>(&bytes) {
+            Ok(v) if v.len() == n => v
+                .into_iter()
+                .map(|r| {
+                    r.map_err(|f| match f {
+                        ItemFailure::Panicked(p) => TaskError::Panicked(p),
+                        ItemFailure::ResultEncode(e) => TaskError::ResultEncode(e),
+                    })
+                })
+                .collect(),
+            Ok(v) => (0..n)
+                .map(|_| {
+                    Err(TaskError::ResultDecode(format!(
+                        "{} results for {n} items",
+                        v.len()
+                    )))
+                })
+                .collect(),
+            Err(e) => (0..n)
+                .map(|_| Err(TaskError::ResultDecode(e.clone())))
+                .collect(),
+        },
         JobResult::Local { values, .. } => match values.downcast::<Vec<Result<R, TaskError>>>() {
             Ok(v) => *v,
             Err(_) => (0..n)
@@ -584,24 +592,19 @@ impl Pool {
             Backend::Processes => {
                 let entry = find_by_type(TypeId::of::<F>())
                     .ok_or(TaskError::NotRegistered(type_name::<F>()))?;
-                let items = items
-                    .iter()
-                    .map(|a| {
-                        encode(a).map_err(|e| {
-                            TaskError::ArgsEncode(if e.contains("shared object") {
-                                format!(
-                                    "{e}; pass queues, locks and other shared objects to \
-                                     pool workers through PoolBuilder::initializer"
-                                )
-                            } else {
-                                e
-                            })
-                        })
+                let batch = encode(&items).map_err(|e| {
+                    TaskError::ArgsEncode(if e.contains("shared object") {
+                        format!(
+                            "{e}; pass queues, locks and other shared objects to \
+                             pool workers through PoolBuilder::initializer"
+                        )
+                    } else {
+                        e
                     })
-                    .collect::<Result<Vec<_>, _>>()?;
+                })?;
                 Ok(Work::Encoded {
                     task: entry.name.to_owned(),
-                    items,
+                    batch,
                 })
             }
         }

@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use super::result::{SPIN, TaskError};
+use super::result::{TaskError, poll_briefly};
 use super::{Completion, Events, Job, JobResult, PoolError, TaskEvent, Work};
 use crate::queue::{GetError, PutError, Queue};
-use crate::task::{PanicReport, PreparedTask, RunFailure, TaskEntry, find_by_name};
+use crate::task::{PreparedTask, RunFailure, TaskEntry, find_by_name};
 use crate::{Process, ProcessError, StartMethod, os};
 
 /// Jobs sent ahead to one worker: enough that a worker never waits for the
@@ -40,46 +40,28 @@ pub(crate) struct WireJob {
     task: String,
     /// Report the start (for events and precise timeouts).
     notify: bool,
-    items: Vec<ByteBuf>,
+    /// The encoded list of argument tuples.
+    batch: ByteBuf,
 }
 
 /// A message from a worker (or the parent itself) to the manager.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Msg {
-    Started {
-        pid: u32,
-        id: u64,
-    },
-    Done {
-        pid: u32,
-        id: u64,
-        outcomes: Vec<WireOutcome>,
-    },
-    InitFailed {
-        pid: u32,
-        reason: String,
-    },
+    Started { pid: u32, id: u64 },
+    Done { pid: u32, id: u64, outcome: Outcome },
+    InitFailed { pid: u32, reason: String },
     Wake,
 }
 
-/// One item's outcome, as a worker reports it.
+/// How a job went, as a worker reports it.
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum WireOutcome {
-    Ok(ByteBuf),
-    Panicked(PanicReport),
-    ResultEncode(String),
+pub(crate) enum Outcome {
+    /// Each item's encoded `Result<R, ItemFailure>`, and how many failed.
+    Ran { results: ByteBuf, failed: u32 },
+    /// The worker could not run the job (unknown task, undecodable arguments).
     Refused(String),
-}
-
-impl WireOutcome {
-    fn into_result(self) -> Result<Vec<u8>, TaskError> {
-        match self {
-            Self::Ok(b) => Ok(b.into_vec()),
-            Self::Panicked(r) => Err(TaskError::Panicked(r)),
-            Self::ResultEncode(s) => Err(TaskError::ResultEncode(s)),
-            Self::Refused(s) => Err(TaskError::Refused(s)),
-        }
-    }
+    /// The results were too large for one message.
+    TooLarge(String),
 }
 
 /// What a worker process is started with.
@@ -170,12 +152,8 @@ impl<'de> Deserialize<'de> for InitCall {
     }
 }
 
-/// Runs one item in the worker.
-fn run_item(
-    cache: &mut HashMap<String, &'static TaskEntry>,
-    task: &str,
-    input: &[u8],
-) -> WireOutcome {
+/// Runs one job in the worker.
+fn run_job(cache: &mut HashMap<String, &'static TaskEntry>, task: &str, batch: &[u8]) -> Outcome {
     let entry = match cache.get(task) {
         Some(e) => *e,
         None => match find_by_name(task) {
@@ -183,31 +161,16 @@ fn run_item(
                 cache.insert(task.to_owned(), e);
                 e
             }
-            Ok(None) => return WireOutcome::Refused(format!("no task named {task} in this build")),
-            Err(()) => return WireOutcome::Refused(format!("two tasks are named {task}")),
+            Ok(None) => return Outcome::Refused(format!("no task named {task} in this build")),
+            Err(()) => return Outcome::Refused(format!("two tasks are named {task}")),
         },
     };
-    match (entry.prepare)(input) {
-        Err(reason) => WireOutcome::Refused(format!("arguments did not deserialize: {reason}")),
-        Ok(run) => match run() {
-            Ok(bytes) => WireOutcome::Ok(ByteBuf::from(bytes)),
-            Err(RunFailure::Panicked(r)) => WireOutcome::Panicked(r),
-            Err(RunFailure::ResultEncode(s)) => WireOutcome::ResultEncode(s),
+    match (entry.run_batch)(batch) {
+        Err(reason) => Outcome::Refused(format!("arguments did not deserialize: {reason}")),
+        Ok(run) => Outcome::Ran {
+            results: ByteBuf::from(run.results),
+            failed: u32::try_from(run.failed).unwrap_or(u32::MAX),
         },
-    }
-}
-
-/// Waits briefly, spinning, for `ready`: a worker that just finished a
-/// tiny task usually finds the next one here without sleeping.
-fn spin(ready: impl Fn() -> bool) {
-    let until = Instant::now() + SPIN;
-    while Instant::now() < until {
-        for _ in 0..64 {
-            if ready() {
-                return;
-            }
-            std::hint::spin_loop();
-        }
     }
 }
 
@@ -223,7 +186,7 @@ fn pool_worker(args: WorkerArgs) {
     }
     let mut jobs = 0u64;
     loop {
-        spin(|| !args.tasks.is_empty() || args.tasks.is_closed());
+        poll_briefly(|| !args.tasks.is_empty() || args.tasks.is_closed());
         let job = match args.tasks.get() {
             Ok(j) => j,
             Err(GetError::Closed) => return,
@@ -235,36 +198,25 @@ fn pool_worker(args: WorkerArgs) {
         if job.notify && args.results.put(Msg::Started { pid, id: job.id }).is_err() {
             return;
         }
-        let outcomes: Vec<WireOutcome> = job
-            .items
-            .iter()
-            .map(|input| run_item(&mut cache, &job.task, input))
-            .collect();
+        let outcome = run_job(&mut cache, &job.task, &job.batch);
         let reply = Msg::Done {
             pid,
             id: job.id,
-            outcomes,
+            outcome,
         };
         match args.results.put(reply) {
             Ok(()) => {}
-            Err(PutError::TooLarge { value, size, limit }) => {
-                // Too large as a whole: report each item as an error
-                // rather than lose the job.
-                let n = match value {
-                    Msg::Done { outcomes, .. } => outcomes.len(),
-                    _ => 1,
-                };
+            Err(PutError::TooLarge { size, limit, .. }) => {
+                // Report it rather than lose the job.
                 let reason =
                     format!("the results ({size} bytes) exceed the {limit}-byte message limit");
-                let outcomes = (0..n)
-                    .map(|_| WireOutcome::ResultEncode(reason.clone()))
-                    .collect();
+                let outcome = Outcome::TooLarge(reason);
                 if args
                     .results
                     .put(Msg::Done {
                         pid,
                         id: job.id,
-                        outcomes,
+                        outcome,
                     })
                     .is_err()
                 {
@@ -378,7 +330,7 @@ impl Shared {
 
     /// Sends `job` to worker `w`.
     fn send(&self, st: &mut State, ready: &mut Ready, w: usize, job: Job) {
-        let Work::Encoded { task, items } = job.work else {
+        let Work::Encoded { task, batch } = job.work else {
             let error =
                 TaskError::Refused("internal: a thread job reached a process pool".to_owned());
             return self.fail(st, ready, job.id, job.done, error);
@@ -387,7 +339,7 @@ impl Shared {
             id: job.id,
             task,
             notify: self.cfg.notify,
-            items: items.into_iter().map(ByteBuf::from).collect(),
+            batch: ByteBuf::from(batch),
         };
         let worker = &mut st.workers[w];
         match worker.tasks.put(wire) {
@@ -456,7 +408,7 @@ impl Shared {
                 done: flight.done,
                 work: Work::Encoded {
                     task: wire.task,
-                    items: wire.items.into_iter().map(ByteBuf::into_vec).collect(),
+                    batch: wire.batch.into_vec(),
                 },
             };
             self.send(st, ready, idle, job);
@@ -478,7 +430,7 @@ impl Shared {
                     });
                 }
             }
-            Msg::Done { pid, id, outcomes } => {
+            Msg::Done { pid, id, outcome } => {
                 let Some(w) = st.workers.iter_mut().find(|w| w.pid == pid) else {
                     return;
                 };
@@ -490,14 +442,14 @@ impl Shared {
                 };
                 w.head_since = (!w.inflight.is_empty()).then(Instant::now);
                 st.outstanding = st.outstanding.saturating_sub(1);
-                let result = if outcomes.len() == flight.items {
-                    JobResult::Encoded(outcomes.into_iter().map(WireOutcome::into_result).collect())
-                } else {
-                    JobResult::Failed(TaskError::Refused(format!(
-                        "the worker answered {} items of {}",
-                        outcomes.len(),
-                        flight.items
-                    )))
+                let result = match outcome {
+                    Outcome::Ran { results, failed } => JobResult::Encoded {
+                        bytes: results.into_vec(),
+                        items: flight.items,
+                        failed: failed as usize,
+                    },
+                    Outcome::Refused(reason) => JobResult::Failed(TaskError::Refused(reason)),
+                    Outcome::TooLarge(reason) => JobResult::Failed(TaskError::ResultEncode(reason)),
                 };
                 self.cfg.events.finished(id, pid, &result);
                 ready.push((flight.done, result));
@@ -579,7 +531,7 @@ impl Shared {
                     done: flight.done,
                     work: Work::Encoded {
                         task: wire.task,
-                        items: wire.items.into_iter().map(ByteBuf::into_vec).collect(),
+                        batch: wire.batch.into_vec(),
                     },
                 });
                 continue;
@@ -694,7 +646,7 @@ fn manage(shared: &Shared) {
         let wait = next_deadline.map_or(CHECK, |d| {
             d.saturating_duration_since(Instant::now()).min(CHECK)
         });
-        spin(|| !shared.results.is_empty());
+        poll_briefly(|| !shared.results.is_empty());
         let msg = shared.results.get_timeout(wait).ok();
         let idle = msg.is_none();
         let mut ready = Ready::new();

@@ -8,8 +8,8 @@ use std::any::{TypeId, type_name};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use super::call::TaskFn;
 use super::codec::{decode, encode};
@@ -26,6 +26,28 @@ pub struct TaskEntry {
     pub fingerprint: fn() -> u64,
     /// Decodes the arguments and returns the call, ready to run.
     pub prepare: fn(&[u8]) -> Result<PreparedTask, String>,
+    /// Runs a batch: decodes a list of argument tuples, calls the function
+    /// on each, and encodes the list of `Result<output, ItemFailure>`
+    /// (pools send a chunk of a `map` this way, one message for all).
+    pub run_batch: fn(&[u8]) -> Result<BatchRun, String>,
+}
+
+/// What [`TaskEntry::run_batch`] produced.
+#[derive(Debug)]
+pub struct BatchRun {
+    /// The encoded list of each item's `Result<output, ItemFailure>`.
+    pub results: Vec<u8>,
+    /// How many items failed.
+    pub failed: usize,
+}
+
+/// Why one item of a batch produced no value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ItemFailure {
+    /// The call panicked.
+    Panicked(PanicReport),
+    /// The result did not serialize.
+    ResultEncode(String),
 }
 
 /// A task whose arguments are decoded, ready to run in the child.
@@ -72,6 +94,38 @@ where
             Err(payload) => Err(RunFailure::Panicked(PanicReport::from_payload(&*payload))),
         }
     }))
+}
+
+/// Runs task `f` on each of a batch of encoded argument tuples; see
+/// [`TaskEntry::run_batch`]. `Err` when the batch does not decode.
+pub fn run_batch<F, A>(f: F, input: &[u8]) -> Result<BatchRun, String>
+where
+    F: TaskFn<A>,
+    A: DeserializeOwned + 'static,
+    F::Output: Serialize,
+{
+    let items: Vec<A> = decode(input)?;
+    let mut out = Vec::with_capacity(8 + items.len() * 4);
+    let len = u32::try_from(items.len()).map_err(|_| "a batch of over 2^32 items".to_owned())?;
+    rmp::encode::write_array_len(&mut out, len).map_err(|e| e.to_string())?;
+    let mut failed = 0;
+    for args in items {
+        let result = catch_unwind(AssertUnwindSafe(move || f.call(args)))
+            .map_err(|payload| ItemFailure::Panicked(PanicReport::from_payload(&*payload)));
+        failed += usize::from(result.is_err());
+        let mark = out.len();
+        if let Err(e) = rmp_serde::encode::write(&mut out, &result) {
+            failed += usize::from(result.is_ok());
+            // Only this item fails: its partial bytes go, its error stays.
+            out.truncate(mark);
+            let item: Result<(), ItemFailure> = Err(ItemFailure::ResultEncode(e.to_string()));
+            rmp_serde::encode::write(&mut out, &item).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(BatchRun {
+        results: out,
+        failed,
+    })
 }
 
 /// Looks a task up by the `TypeId` of its function item.
