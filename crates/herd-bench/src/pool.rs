@@ -10,7 +10,8 @@
 //! Implementations: herd's process pool and thread pool, Python's
 //! `multiprocessing.Pool` (the script beside this crate), procspawn's `Pool`
 //! (its unit is one task: no map, no chunking), and rayon (the thread
-//! ceiling: `scope`+`spawn` for the apply cases, `par_iter` for `map`).
+//! ceiling, on a pool of the same size: `scope`+`spawn` for `apply_async_all`,
+//! `install` per task for one at a time, `par_iter` for `map`).
 //! `ratio` records give the targets: herd-process over Python and
 //! procspawn, herd-thread over rayon.
 
@@ -96,12 +97,25 @@ fn herd_case(pool: &herd::Pool, case: &str, n: u64) -> Result<(), String> {
     }
 }
 
-fn rayon_case(case: &str, n: u64) -> Result<(), String> {
+fn rayon_case(tp: &rayon::ThreadPool, case: &str, n: u64) -> Result<(), String> {
     match case {
-        "map_chunk1" | "map_auto" => check((0..n).into_par_iter().map(noop).collect(), n),
+        // Chunk size 1: rayon may not merge items either.
+        "map_chunk1" => check(
+            tp.install(|| {
+                (0..n as usize)
+                    .into_par_iter()
+                    .with_max_len(1)
+                    .map(|i| noop(i as u64))
+                    .collect()
+            }),
+            n,
+        ),
+        "map_auto" => check(tp.install(|| (0..n).into_par_iter().map(noop).collect()), n),
+        // A round trip: run one task on the pool, wait, repeat.
+        "apply_async_one_at_a_time" => check((0..n).map(|i| tp.install(|| noop(i))).collect(), n),
         _ => {
             let mut out = vec![0u64; n as usize];
-            rayon::scope(|s| {
+            tp.scope(|s| {
                 for (i, slot) in out.iter_mut().enumerate() {
                     s.spawn(move |_| *slot = noop(i as u64));
                 }
@@ -120,7 +134,7 @@ fn procspawn_case(pool: &procspawn::Pool, case: &str, n: u64) -> Result<(), Stri
     } else {
         let hs: Vec<_> = (0..n).map(one).collect();
         hs.into_iter()
-            .map(|mut h| h.join().map_err(|e| e.to_string()))
+            .map(|h| h.join().map_err(|e| e.to_string()))
             .collect::<Result<Vec<_>, _>>()?
     };
     check(v, n)
@@ -144,6 +158,10 @@ pub(crate) fn run(quick: bool) {
         Ok(p) => p,
         Err(e) => return note(SUITE, &format!("herd thread pool unavailable: {e}")),
     };
+    let tp = match rayon::ThreadPoolBuilder::new().num_threads(workers).build() {
+        Ok(tp) => tp,
+        Err(e) => return note(SUITE, &format!("rayon pool unavailable: {e}")),
+    };
     let ps = procspawn::Pool::new(workers).ok();
     if ps.is_none() {
         note(SUITE, "procspawn pool unavailable");
@@ -151,7 +169,7 @@ pub(crate) fn run(quick: bool) {
     for (case, n) in cases {
         let herd_p = best(n, |n| herd_case(&procs, case, n));
         let herd_t = best(n, |n| herd_case(&threads, case, n));
-        let ray = best(n, |n| rayon_case(case, n));
+        let ray = best(n, |n| rayon_case(&tp, case, n));
         // procspawn has no map; its apply cases are its whole API. Its
         // tasks are slower, so it runs a tenth of the items.
         let peer = match (&ps, case.starts_with("apply")) {

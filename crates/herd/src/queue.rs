@@ -616,6 +616,17 @@ impl<T: DeserializeOwned> Queue<T> {
         self.head().store(head + 4 + len, Ordering::Release);
         self.count()
             .store(self.count().load(Ordering::Relaxed) - 1, Ordering::Release);
+        if head + 4 + len == tail {
+            // Empty: rewind, so that a queue that drains keeps reusing the
+            // start of its ring instead of touching fresh pages of shared
+            // memory all the way round (for the 1 GiB ring of an unbounded
+            // queue: a page fault per 4 KiB that flows, and up to 1 GiB of
+            // shared memory kept). Tail first: a consumer that dies between
+            // the two stores leaves tail < head, which the next locker sees
+            // as insane and resets to empty, which it is.
+            self.tail().store(0, Ordering::Release);
+            self.head().store(0, Ordering::Release);
+        }
         // Every putter: each waits for its own amount of room.
         self.signal(self.not_full(), self.sleeping_putters(), true);
         self.unlock();

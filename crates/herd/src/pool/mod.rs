@@ -254,62 +254,104 @@ pub(crate) struct Job {
     pub(crate) done: Completion,
 }
 
-/// Turns a job's result into typed per-item results.
-fn typed<R: DeserializeOwned + 'static>(result: JobResult, n: usize) -> Vec<Result<R, TaskError>> {
-    match result {
-        JobResult::Encoded { bytes, .. } => match decode::<Vec<Result<R, ItemFailure>>>(&bytes) {
-            Ok(v) if v.len() == n => v
-                .into_iter()
-                .map(|r| {
-                    r.map_err(|f| match f {
-                        ItemFailure::Panicked(p) => TaskError::Panicked(p),
-                        ItemFailure::ResultEncode(e) => TaskError::ResultEncode(e),
-                    })
-                })
-                .collect(),
-            Ok(v) => (0..n)
-                .map(|_| {
-                    Err(TaskError::ResultDecode(format!(
-                        "{} results for {n} items",
-                        v.len()
-                    )))
-                })
-                .collect(),
-            Err(e) => (0..n)
-                .map(|_| Err(TaskError::ResultDecode(e.clone())))
-                .collect(),
-        },
-        JobResult::Local { values, .. } => match values.downcast::<Vec<Result<R, TaskError>>>() {
-            Ok(v) => *v,
-            Err(_) => (0..n)
-                .map(|_| {
-                    Err(TaskError::ResultDecode(
-                        "internal: result of an unexpected type".to_owned(),
-                    ))
-                })
-                .collect(),
-        },
-        JobResult::Failed(e) => (0..n).map(|_| Err(e.clone())).collect(),
+/// The typed results of one job: the values of the items that succeeded,
+/// in order, and each failed item's index (within the job) and error. Kept
+/// apart so that the common case, no failure, is a plain `Vec<R>` that a
+/// `map` uses as it is.
+pub(crate) struct Chunk<R> {
+    values: Vec<R>,
+    errors: Vec<(usize, TaskError)>,
+}
+
+impl<R> Chunk<R> {
+    fn failed(n: usize, error: &TaskError) -> Self {
+        Self {
+            values: Vec::new(),
+            errors: (0..n).map(|i| (i, error.clone())).collect(),
+        }
+    }
+
+    /// One `Result` per item, in order.
+    fn into_results(self) -> Vec<Result<R, TaskError>> {
+        let n = self.values.len() + self.errors.len();
+        let mut values = self.values.into_iter();
+        let mut errors = self.errors.into_iter().peekable();
+        (0..n)
+            .map(|i| match errors.next_if(|(at, _)| *at == i) {
+                Some((_, e)) => Err(e),
+                None => values.next().ok_or(TaskError::ResultDecode(
+                    "internal: fewer values than items".to_owned(),
+                )),
+            })
+            .collect()
     }
 }
 
-/// Runs every item of a thread-backend job, catching panics one by one.
+/// Turns a job's result into typed results.
+fn typed<R: DeserializeOwned + 'static>(result: JobResult, n: usize) -> Chunk<R> {
+    match result {
+        JobResult::Encoded { bytes, .. } => {
+            match decode::<(Vec<R>, Vec<(u32, ItemFailure)>)>(&bytes) {
+                Ok((values, failures)) if values.len() + failures.len() == n => Chunk {
+                    values,
+                    errors: failures
+                        .into_iter()
+                        .map(|(i, f)| {
+                            let e = match f {
+                                ItemFailure::Panicked(p) => TaskError::Panicked(p),
+                                ItemFailure::ResultEncode(e) => TaskError::ResultEncode(e),
+                            };
+                            (i as usize, e)
+                        })
+                        .collect(),
+                },
+                Ok((values, failures)) => Chunk::failed(
+                    n,
+                    &TaskError::ResultDecode(format!(
+                        "{} results for {n} items",
+                        values.len() + failures.len()
+                    )),
+                ),
+                Err(e) => Chunk::failed(n, &TaskError::ResultDecode(e)),
+            }
+        }
+        JobResult::Local { values, .. } => match values.downcast::<Chunk<R>>() {
+            Ok(c) => *c,
+            Err(_) => Chunk::failed(
+                n,
+                &TaskError::ResultDecode("internal: result of an unexpected type".to_owned()),
+            ),
+        },
+        JobResult::Failed(e) => Chunk::failed(n, &e),
+    }
+}
+
+/// Runs every item of a thread-backend job. A panic fails its own item
+/// only: the run resumes with the next one under a new `catch_unwind`.
 fn run_local<F, A>(f: F, items: Vec<A>) -> (Box<dyn Any + Send>, usize)
 where
     F: TaskFn<A>,
     F::Output: Send + 'static,
 {
-    let mut failed = 0;
-    let out: Vec<Result<F::Output, TaskError>> = items
-        .into_iter()
-        .map(|a| {
-            catch_unwind(AssertUnwindSafe(|| f.call(a))).map_err(|p| {
-                failed += 1;
-                TaskError::Panicked(PanicReport::from_payload(&*p))
-            })
-        })
-        .collect();
-    (Box::new(out), failed)
+    let mut values = Vec::with_capacity(items.len());
+    let mut errors = Vec::new();
+    let mut rest = items.into_iter();
+    loop {
+        let run = catch_unwind(AssertUnwindSafe(|| {
+            for a in rest.by_ref() {
+                values.push(f.call(a));
+            }
+        }));
+        match run {
+            Ok(()) => break,
+            Err(p) => errors.push((
+                values.len() + errors.len(),
+                TaskError::Panicked(PanicReport::from_payload(&*p)),
+            )),
+        }
+    }
+    let failed = errors.len();
+    (Box::new(Chunk { values, errors }), failed)
 }
 
 /// The backend doing the work.
@@ -616,7 +658,7 @@ impl Pool {
         f: F,
         items: Vec<A>,
         timeout: Option<Duration>,
-        done: impl FnOnce(Vec<Result<F::Output, TaskError>>) + Send + 'static,
+        done: impl FnOnce(Chunk<F::Output>) + Send + 'static,
     ) -> u64
     where
         F: TaskFn<A>,
@@ -704,10 +746,15 @@ impl Pool {
     {
         let slot = Slot::new();
         let filler = Arc::clone(&slot);
-        let id = self.submit_chunk(f, vec![args], timeout, move |mut v| {
-            filler.fill(v.pop().unwrap_or(Err(TaskError::ResultDecode(
-                "internal: no result".to_owned(),
-            ))));
+        let id = self.submit_chunk(f, vec![args], timeout, move |chunk| {
+            filler.fill(
+                chunk
+                    .into_results()
+                    .pop()
+                    .unwrap_or(Err(TaskError::ResultDecode(
+                        "internal: no result".to_owned(),
+                    ))),
+            );
         });
         AsyncResult::new(slot, id)
     }
@@ -1007,21 +1054,15 @@ struct MapState<R> {
 }
 
 impl<R> MapState<R> {
-    fn add(&mut self, index: usize, chunk: usize, results: Vec<Result<R, TaskError>>) {
-        let mut values = Vec::with_capacity(results.len());
-        for (i, r) in results.into_iter().enumerate() {
-            match r {
-                Ok(v) => values.push(v),
-                Err(e) => {
-                    let pos = index * chunk + i;
-                    if self.error.as_ref().is_none_or(|(p, _)| pos < *p) {
-                        self.error = Some((pos, e));
-                    }
-                }
+    fn add(&mut self, index: usize, chunk: usize, results: Chunk<R>) {
+        if let Some((i, e)) = results.errors.into_iter().next() {
+            let pos = index * chunk + i;
+            if self.error.as_ref().is_none_or(|(p, _)| pos < *p) {
+                self.error = Some((pos, e));
             }
         }
         if let Some(p) = self.parts.get_mut(index) {
-            *p = Some(values);
+            *p = Some(results.values);
         }
         self.remaining = self.remaining.saturating_sub(1);
     }
@@ -1033,6 +1074,9 @@ impl<R> MapState<R> {
         }
         if let Some((_, e)) = self.error.take() {
             return Some(Err(e));
+        }
+        if self.parts.len() == 1 {
+            return self.parts.pop().flatten().map(Ok);
         }
         let mut out = Vec::with_capacity(n);
         for part in self.parts.drain(..).flatten() {
@@ -1117,7 +1161,7 @@ where
                         .done
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
-                        .insert(seq, results);
+                        .insert(seq, results.into_results());
                     shared.cv.notify_all();
                 });
         }

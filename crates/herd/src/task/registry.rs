@@ -27,15 +27,15 @@ pub struct TaskEntry {
     /// Decodes the arguments and returns the call, ready to run.
     pub prepare: fn(&[u8]) -> Result<PreparedTask, String>,
     /// Runs a batch: decodes a list of argument tuples, calls the function
-    /// on each, and encodes the list of `Result<output, ItemFailure>`
-    /// (pools send a chunk of a `map` this way, one message for all).
+    /// on each, and encodes the values and the failures (pools send a chunk
+    /// of a `map` this way, one message for all).
     pub run_batch: fn(&[u8]) -> Result<BatchRun, String>,
 }
 
 /// What [`TaskEntry::run_batch`] produced.
 #[derive(Debug)]
 pub struct BatchRun {
-    /// The encoded list of each item's `Result<output, ItemFailure>`.
+    /// The encoded pair `(values, failures)`; see [`run_batch`].
     pub results: Vec<u8>,
     /// How many items failed.
     pub failed: usize,
@@ -98,6 +98,12 @@ where
 
 /// Runs task `f` on each of a batch of encoded argument tuples; see
 /// [`TaskEntry::run_batch`]. `Err` when the batch does not decode.
+///
+/// The output is the MessagePack pair `(values, failures)`: the values of
+/// the items that succeeded, in order, and `(index, ItemFailure)` for each
+/// item that did not. The values are encoded one by one straight into the
+/// output (an item whose result does not serialize fails alone), under an
+/// array header whose count is patched at the end.
 pub fn run_batch<F, A>(f: F, input: &[u8]) -> Result<BatchRun, String>
 where
     F: TaskFn<A>,
@@ -105,26 +111,37 @@ where
     F::Output: Serialize,
 {
     let items: Vec<A> = decode(input)?;
-    let mut out = Vec::with_capacity(8 + items.len() * 4);
-    let len = u32::try_from(items.len()).map_err(|_| "a batch of over 2^32 items".to_owned())?;
-    rmp::encode::write_array_len(&mut out, len).map_err(|e| e.to_string())?;
-    let mut failed = 0;
-    for args in items {
-        let result = catch_unwind(AssertUnwindSafe(move || f.call(args)))
-            .map_err(|payload| ItemFailure::Panicked(PanicReport::from_payload(&*payload)));
-        failed += usize::from(result.is_err());
-        let mark = out.len();
-        if let Err(e) = rmp_serde::encode::write(&mut out, &result) {
-            failed += usize::from(result.is_ok());
-            // Only this item fails: its partial bytes go, its error stays.
-            out.truncate(mark);
-            let item: Result<(), ItemFailure> = Err(ItemFailure::ResultEncode(e.to_string()));
-            rmp_serde::encode::write(&mut out, &item).map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(16 + items.len() * 4);
+    // [values, failures]; values under a fixed-width (array 32) header.
+    rmp::encode::write_array_len(&mut out, 2).map_err(|e| e.to_string())?;
+    let header = out.len();
+    out.extend_from_slice(&[0xdd, 0, 0, 0, 0]);
+    let mut values: u32 = 0;
+    let mut failures: Vec<(u32, ItemFailure)> = Vec::new();
+    for (index, args) in (0u32..).zip(items) {
+        match catch_unwind(AssertUnwindSafe(move || f.call(args))) {
+            Ok(value) => {
+                let mark = out.len();
+                match rmp_serde::encode::write(&mut out, &value) {
+                    Ok(()) => values += 1,
+                    Err(e) => {
+                        // Only this item fails: its partial bytes go.
+                        out.truncate(mark);
+                        failures.push((index, ItemFailure::ResultEncode(e.to_string())));
+                    }
+                }
+            }
+            Err(payload) => failures.push((
+                index,
+                ItemFailure::Panicked(PanicReport::from_payload(&*payload)),
+            )),
         }
     }
+    out[header + 1..header + 5].copy_from_slice(&values.to_be_bytes());
+    rmp_serde::encode::write(&mut out, &failures).map_err(|e| e.to_string())?;
     Ok(BatchRun {
         results: out,
-        failed,
+        failed: failures.len(),
     })
 }
 
