@@ -3,17 +3,18 @@
 //! `cargo run --release -p herd-bench -- <suite> [--quick]` prints one JSON
 //! object per line:
 //! `{"suite":"spawn","case":"trivial","impl":"herd-forkserver","metric":"median_us","value":412.0,"unit":"us"}`.
-//! Suites: `spawn`, `sync`, `queue`, `pool` (or `all`). `--quick` keeps each suite under 30 seconds.
+//! Suites: `spawn`, `sync`, `queue`, `pool`, `scaling` (or `all`). `--quick` keeps each suite under 30 seconds.
 
 mod pool;
 mod queue;
 mod report;
+mod scaling;
 mod spawn;
 mod sync;
 
 use std::process::ExitCode;
 
-const SUITES: &[&str] = &["spawn", "sync", "queue", "pool"];
+const SUITES: &[&str] = &["spawn", "sync", "queue", "pool", "scaling"];
 
 fn main() -> ExitCode {
     // Both are no-ops in the benchmark itself; in a child they run its task.
@@ -44,11 +45,13 @@ fn main() -> ExitCode {
         "sync" => sync::run(quick),
         "queue" => queue::run(quick),
         "pool" => pool::run(quick),
+        "scaling" => scaling::run(quick),
         "all" => {
             spawn::run(quick);
             sync::run(quick);
             queue::run(quick);
             pool::run(quick);
+            scaling::run(quick);
         }
         other => {
             eprintln!(

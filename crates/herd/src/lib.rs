@@ -114,6 +114,7 @@
 //!   stdin ([`Stdio::inherit`]) is stopped (SIGTTIN) if it reads from it;
 //!   the default stdin is `/dev/null`, as in Python.
 
+mod backoff;
 mod ipc;
 mod os;
 mod pipe;

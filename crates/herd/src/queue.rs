@@ -32,6 +32,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use thiserror::Error;
 
+use crate::backoff::poll_briefly;
 use crate::os;
 use crate::sync::{Kind, LOCK_BODY, LockCore, LockError, Region};
 
@@ -576,6 +577,10 @@ impl<T: DeserializeOwned> Queue<T> {
     }
 
     fn get_until(&self, deadline: Option<Instant>, wait: bool) -> Result<T, GetError> {
+        if wait && self.count().load(Ordering::Acquire) == 0 {
+            // Empty: an item is usually microseconds away (see `backoff`).
+            poll_briefly(|| self.count().load(Ordering::Acquire) != 0 || self.is_closed());
+        }
         if !self.lock(deadline) {
             return Err(GetError::Timeout);
         }

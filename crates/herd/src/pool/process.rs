@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use super::result::{TaskError, poll_briefly};
+use super::result::TaskError;
 use super::{Completion, Events, Job, JobResult, PoolError, TaskEvent, Work};
+use crate::backoff::poll_briefly;
 use crate::queue::{GetError, PutError, Queue};
 use crate::task::{PreparedTask, RunFailure, TaskEntry, find_by_name};
 use crate::{Process, ProcessError, StartMethod, os};

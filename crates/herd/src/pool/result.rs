@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+use crate::backoff::poll_briefly;
+
 use crate::{PanicReport, Signal};
 
 /// Why a pool task produced no value.
@@ -182,32 +184,6 @@ impl<R> Slot<R> {
     fn successful(&self) -> Option<bool> {
         let st = self.lock();
         st.value.as_ref().map(Result::is_ok)
-    }
-}
-
-/// How long a waiter polls before it sleeps.
-const SPIN: Duration = Duration::from_micros(100);
-
-/// Polls `ready` for up to [`SPIN`], yielding the CPU between bursts; true
-/// once it holds. A pool's round trip (submit, run, reply) takes tens of
-/// microseconds, far less than a futex sleep and wake-up on a loaded
-/// machine, so a waiter that polls briefly usually never sleeps. Yielding
-/// is what makes it pay on few CPUs: a waiter that only spun would take the
-/// CPU from the very thread it waits for (measured on 2 vCPUs: one task at
-/// a time, 7 k/s spinning without yielding, 110–137 k/s yielding).
-pub(crate) fn poll_briefly(ready: impl Fn() -> bool) -> bool {
-    let until = Instant::now() + SPIN;
-    loop {
-        for _ in 0..32 {
-            if ready() {
-                return true;
-            }
-            std::hint::spin_loop();
-        }
-        if Instant::now() >= until {
-            return ready();
-        }
-        std::thread::yield_now();
     }
 }
 
