@@ -67,6 +67,26 @@
 //! consumer killed at any instant leaves the queue consistent (see
 //! [`queue`] for exactly what happens to the one item it was handling).
 //!
+//! ## Pools
+//!
+//! [`Pool`] is Python's `Pool` over worker processes ([`Pool::new`]) or
+//! threads ([`Pool::threads`]), with the same task functions. A worker
+//! killed mid-task fails that task alone, with the signal's name, and is
+//! replaced; see [`pool`] for every failure and what it does.
+//!
+//! ```
+//! #[herd::task]
+//! fn cube(x: i64) -> i64 {
+//!     x * x * x
+//! }
+//!
+//! fn main() {
+//!     herd::init();
+//!     let pool = herd::Pool::new(2).unwrap();
+//!     assert_eq!(pool.map(cube, [1, 2, 3]).unwrap(), vec![1, 8, 27]);
+//! }
+//! ```
+//!
 //! ## Exit and parent death
 //!
 //! When this program exits normally (returning from `main`, or
