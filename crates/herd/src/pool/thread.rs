@@ -6,12 +6,14 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::result::TaskError;
 use super::{Completion, Events, Job, JobResult, PoolError, TaskEvent, Work};
 use crate::PanicReport;
+use crate::backoff::poll_briefly;
 
 /// The thread backend's settings.
 pub(crate) struct Config {
@@ -35,6 +37,8 @@ struct State {
     /// Threads that count towards the pool's size (not abandoned).
     threads: usize,
     abandoned: HashSet<u64>,
+    /// Threads waiting on `work`.
+    sleepers: usize,
     next_thread: u64,
     outstanding: usize,
     closed: bool,
@@ -53,6 +57,10 @@ struct Shared {
     timer: Condvar,
     cfg: Config,
     pid: u32,
+    /// The length of `queue`, readable without the lock.
+    queued: AtomicUsize,
+    /// Closed, terminated or broken: idle threads must look.
+    stop: AtomicBool,
 }
 
 impl Shared {
@@ -84,6 +92,8 @@ fn start_thread(shared: &Arc<Shared>, st: &mut State) {
 fn fail_queue(shared: &Shared, st: &mut State, pick: impl Fn(TaskError) -> TaskError) {
     let error = pick(st.broken.clone().unwrap_or(TaskError::Terminated));
     let jobs: Vec<Job> = st.queue.drain(..).collect();
+    shared.queued.store(0, Ordering::Release);
+    shared.stop.store(true, Ordering::Release);
     for job in jobs {
         st.outstanding = st.outstanding.saturating_sub(1);
         let id = job.id;
@@ -112,18 +122,26 @@ fn worker(shared: &Arc<Shared>, me: u64) {
     }
     let mut jobs = 0u64;
     loop {
+        // Work usually arrives within microseconds of the last job: look
+        // before sleeping, so the submitter need not wake this thread.
+        poll_briefly(|| {
+            shared.queued.load(Ordering::Acquire) != 0 || shared.stop.load(Ordering::Acquire)
+        });
         let mut st = shared.lock();
         let job = loop {
             if st.terminated || st.broken.is_some() {
                 break None;
             }
             if let Some(job) = st.queue.pop_front() {
+                shared.queued.store(st.queue.len(), Ordering::Release);
                 break Some(job);
             }
             if st.closed {
                 break None;
             }
+            st.sleepers += 1;
             st = shared.work.wait(st).unwrap_or_else(PoisonError::into_inner);
+            st.sleepers -= 1;
         };
         let Some(job) = job else {
             st.threads = st.threads.saturating_sub(1);
@@ -270,6 +288,7 @@ impl Engine {
                 running: HashMap::new(),
                 threads: size,
                 abandoned: HashSet::new(),
+                sleepers: 0,
                 next_thread: 0,
                 outstanding: 0,
                 closed: false,
@@ -282,6 +301,8 @@ impl Engine {
             timer: Condvar::new(),
             cfg,
             pid: std::process::id(),
+            queued: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
         });
         {
             let mut st = shared.lock();
@@ -317,12 +338,19 @@ impl Engine {
         }
         st.outstanding += 1;
         st.queue.push_back(job);
+        shared.queued.store(st.queue.len(), Ordering::Release);
+        // A sleeper counts itself under the lock before it waits, so with
+        // none counted nobody can miss this job, and no wake-up call is made.
+        let wake = st.sleepers > 0;
         drop(st);
-        shared.work.notify_one();
+        if wake {
+            shared.work.notify_one();
+        }
     }
 
     pub(crate) fn close(&self) {
         self.shared.lock().closed = true;
+        self.shared.stop.store(true, Ordering::Release);
         self.shared.work.notify_all();
         self.shared.timer.notify_all();
     }
@@ -363,6 +391,7 @@ impl Engine {
         }
         st.terminated = true;
         st.closed = true;
+        shared.stop.store(true, Ordering::Release);
         fail_queue(shared, &mut st, |_| TaskError::Terminated);
         let running: Vec<(u64, Running)> = st.running.drain().collect();
         for (_, r) in &running {
