@@ -502,21 +502,54 @@ impl<T: Serialize> Queue<T> {
             Ok(b) => b,
             Err(reason) => return Err(PutError::Encode { value, reason }),
         };
-        if bytes.len() > self.max_message {
-            return Err(PutError::TooLarge {
+        match self.put_bytes_until(&bytes, deadline, wait) {
+            Ok(()) => Ok(()),
+            Err(RawPut::Full) => Err(PutError::Full(value)),
+            Err(RawPut::Timeout) => Err(PutError::Timeout(value)),
+            Err(RawPut::Closed) => Err(PutError::Closed(value)),
+            Err(RawPut::TooLarge) => Err(PutError::TooLarge {
                 value,
                 size: bytes.len(),
                 limit: self.max_message,
-            });
+            }),
+        }
+    }
+
+    /// Puts a message already encoded as a `T` if there is room now (the
+    /// pool encodes outside its own lock, then puts under it without ever
+    /// blocking).
+    pub(crate) fn try_put_encoded(&self, bytes: &[u8]) -> Result<(), RawPut> {
+        self.put_bytes_until(bytes, None, false)
+    }
+}
+
+/// Why a put of encoded bytes did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RawPut {
+    Full,
+    Timeout,
+    Closed,
+    TooLarge,
+}
+
+impl<T> Queue<T> {
+    fn put_bytes_until(
+        &self,
+        bytes: &[u8],
+        deadline: Option<Instant>,
+        wait: bool,
+    ) -> Result<(), RawPut> {
+        if bytes.len() > self.max_message {
+            return Err(RawPut::TooLarge);
         }
         let need = 4 + bytes.len() as u64;
         if !self.lock(deadline) {
-            return Err(PutError::Timeout(value));
+            return Err(RawPut::Timeout);
         }
         loop {
             if self.is_closed() {
                 self.unlock();
-                return Err(PutError::Closed(value));
+                return Err(RawPut::Closed);
             }
             let Some(used) = self.used() else {
                 // Insane head/tail (a foreign writer): start over.
@@ -532,19 +565,19 @@ impl<T: Serialize> Queue<T> {
             }
             if !wait {
                 self.unlock();
-                return Err(PutError::Full(value));
+                return Err(RawPut::Full);
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 self.unlock();
-                return Err(PutError::Timeout(value));
+                return Err(RawPut::Timeout);
             }
             if !self.sleep(self.not_full(), self.sleeping_putters(), deadline) {
-                return Err(PutError::Timeout(value));
+                return Err(RawPut::Timeout);
             }
         }
         let tail = self.tail().load(Ordering::Relaxed);
         self.write_at(tail, &(bytes.len() as u32).to_le_bytes());
-        self.write_at(tail + 4, &bytes);
+        self.write_at(tail + 4, bytes);
         // Publish last: a producer that dies before this line left nothing.
         self.tail().store(tail + need, Ordering::Release);
         // Under the lock, a plain update (atomic only for lock-free readers

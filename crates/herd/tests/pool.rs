@@ -128,6 +128,35 @@ fn failing_init() {
     panic!("no database");
 }
 
+#[herd::task]
+fn slow_init(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+#[herd::task]
+fn crashing_init() {
+    std::process::abort();
+}
+
+/// Deserializes by panicking (in the parent, which decodes results).
+#[derive(Debug, Serialize)]
+struct PanicsOnDecode(u8);
+
+impl<'de> serde::Deserialize<'de> for PanicsOnDecode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = u8::deserialize(d)?;
+        if v == 13 {
+            panic!("unlucky {v}");
+        }
+        Ok(Self(v))
+    }
+}
+
+#[herd::task]
+fn unlucky(v: u8) -> PanicsOnDecode {
+    PanicsOnDecode(v)
+}
+
 fn pool(backend: Backend, size: usize) -> Pool {
     Pool::builder()
         .backend(backend)
@@ -649,6 +678,107 @@ fn async_result_is_a_future() -> Result<(), Failed> {
     })
 }
 
+fn slow_worker_start_does_not_count_against_a_timeout() -> Result<(), Failed> {
+    // The initializer takes longer than the timeout: the clock starts when
+    // the worker takes the task, not when the pool sends it.
+    let p = Pool::builder()
+        .size(1)
+        .initializer(slow_init, (300,))
+        .task_timeout(Duration::from_millis(100))
+        .build()?;
+    check(p.apply(nap, (1,)) == Ok(1), "task after a slow initializer")?;
+    let q = Pool::builder()
+        .size(1)
+        .initializer(slow_init, (300,))
+        .build()?;
+    let r = q.apply_async_timeout(nap, (1,), Duration::from_millis(100));
+    check(
+        r.get() == Ok(1),
+        "per-task timeout after a slow initializer",
+    )
+}
+
+fn a_timeout_never_hits_the_next_task() -> Result<(), Failed> {
+    // Tasks that end right at their deadline, with untimed tasks queued
+    // behind them on the same worker: only a timed task may ever time out.
+    let p = pool(Backend::Processes, 1);
+    for round in 0..30u64 {
+        let timed = p.apply_async_timeout(nap, (20,), Duration::from_millis(20));
+        let others: Vec<_> = (0..3u64).map(|i| p.apply_async(square, (i,))).collect();
+        let t = timed.get();
+        check(
+            t == Ok(20) || matches!(t, Err(TaskError::TimedOut(_))),
+            format!("round {round}: timed task {t:?}"),
+        )?;
+        for (i, o) in others.into_iter().enumerate() {
+            let got = o.get();
+            check(
+                got == Ok((i * i) as u64),
+                format!("round {round}: task {i} {got:?}"),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn huge_timeout_is_no_timeout() -> Result<(), Failed> {
+    each_backend(|b| {
+        let p = Pool::builder()
+            .backend(b)
+            .size(1)
+            .task_timeout(Duration::MAX)
+            .build()?;
+        check(p.apply(square, (4,)) == Ok(16), "Duration::MAX")?;
+        p.close();
+        p.join_timeout(GUARD)?;
+        Ok(())
+    })
+}
+
+fn crashing_initializer_stops_respawning() -> Result<(), Failed> {
+    let p = Pool::builder()
+        .size(2)
+        .initializer(crashing_init, ())
+        .build()?;
+    let r = p.apply_async(square, (2,));
+    check(r.wait_timeout(GUARD), "resolved")?;
+    let got = r.get();
+    check(
+        matches!(&got, Err(TaskError::Initializer(m)) if m.contains("SIGABRT")),
+        format!("{got:?}"),
+    )?;
+    let t = Instant::now();
+    p.terminate();
+    check(t.elapsed() < Duration::from_secs(5), "terminate returned")
+}
+
+fn panicking_result_decode_fails_that_task_only() -> Result<(), Failed> {
+    each_backend(|b| {
+        let p = pool(b, 1);
+        if b == Backend::Processes {
+            let r = p.apply(unlucky, (13,));
+            check(
+                matches!(&r, Err(TaskError::ResultDecode(m)) if m.contains("unlucky 13")),
+                format!("{r:?}"),
+            )?;
+        }
+        check(
+            matches!(p.apply(unlucky, (7,)), Ok(PanicsOnDecode(7))),
+            "the pool goes on",
+        )?;
+        Ok(())
+    })
+}
+
+fn imap_on_a_closed_pool_ends() -> Result<(), Failed> {
+    each_backend(|b| {
+        let p = pool(b, 1);
+        p.close();
+        let got: Vec<_> = p.imap(square, 0u64..).take(5).collect();
+        check(got == vec![Err(TaskError::Closed)], format!("{got:?}"))
+    })
+}
+
 fn main() {
     herd::init();
     let args = Arguments::from_args();
@@ -696,6 +826,24 @@ fn main() {
         ),
         Trial::test("events_report_the_task_life", events_report_the_task_life),
         Trial::test("async_result_is_a_future", async_result_is_a_future),
+        Trial::test(
+            "slow_worker_start_does_not_count_against_a_timeout",
+            slow_worker_start_does_not_count_against_a_timeout,
+        ),
+        Trial::test(
+            "a_timeout_never_hits_the_next_task",
+            a_timeout_never_hits_the_next_task,
+        ),
+        Trial::test("huge_timeout_is_no_timeout", huge_timeout_is_no_timeout),
+        Trial::test(
+            "crashing_initializer_stops_respawning",
+            crashing_initializer_stops_respawning,
+        ),
+        Trial::test(
+            "panicking_result_decode_fails_that_task_only",
+            panicking_result_decode_fails_that_task_only,
+        ),
+        Trial::test("imap_on_a_closed_pool_ends", imap_on_a_closed_pool_ends),
     ];
     libtest_mimic::run(&args, tests).exit();
 }

@@ -219,6 +219,9 @@ pub(crate) enum Work {
     /// A registered task by name and the encoded list of every item's
     /// argument tuple (process backend).
     Encoded { task: String, batch: Vec<u8> },
+    /// The same, encoded as the message a worker reads (the process
+    /// backend encodes before it takes its lock).
+    Wire(Vec<u8>),
     /// A closure running every item (thread backend); it returns a boxed
     /// `Vec<Result<R, TaskError>>` and how many items failed.
     Local(Box<dyn FnOnce() -> (Box<dyn Any + Send>, usize) + Send>),
@@ -667,7 +670,18 @@ impl Pool {
     {
         let id = self.next_id();
         let n = items.len();
-        let completion: Completion = Box::new(move |r| done(typed(r, n)));
+        let completion: Completion = Box::new(move |r| {
+            // Decoding runs the caller's `Deserialize`, which may panic: that
+            // is this job's failure, not the pool's.
+            let chunk = catch_unwind(AssertUnwindSafe(|| typed(r, n))).unwrap_or_else(|p| {
+                let report = PanicReport::from_payload(&*p);
+                Chunk::failed(
+                    n,
+                    &TaskError::ResultDecode(format!("decoding the result {report}")),
+                )
+            });
+            done(chunk);
+        });
         match self.work(f, items) {
             Ok(work) => self.submit(Job {
                 id,
@@ -1002,6 +1016,14 @@ impl Pool {
         }
     }
 
+    /// Whether the pool was closed (or terminated).
+    pub fn is_closed(&self) -> bool {
+        match &self.engine {
+            Engine::Processes(e) => e.is_closed(),
+            Engine::Threads(e) => e.is_closed(),
+        }
+    }
+
     /// Stops taking tasks; the ones already submitted still run.
     pub fn close(&self) {
         match &self.engine {
@@ -1141,6 +1163,13 @@ where
     }
 
     fn top_up(&mut self) {
+        if !self.exhausted && self.pool.is_closed() {
+            // As Python raises at the call: one error, then the end, rather
+            // than an endless input turned into endless errors.
+            self.exhausted = true;
+            self.ready.push_back(Err(TaskError::Closed));
+            return;
+        }
         while !self.exhausted && self.submitted - self.received < self.window {
             let part: Vec<(A,)> = self.input.by_ref().take(self.chunk).map(|a| (a,)).collect();
             if part.is_empty() {
@@ -1183,6 +1212,9 @@ where
                 return Some(r);
             }
             self.top_up();
+            if let Some(r) = self.ready.pop_front() {
+                return Some(r);
+            }
             if self.received == self.submitted {
                 if let Some(p) = &self.progress {
                     p.finish_and_clear();

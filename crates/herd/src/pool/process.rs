@@ -9,7 +9,8 @@
 //! elsewhere; a job the worker had taken without reporting is the one it
 //! died running. See `DESIGN.md`, "Pools".
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -20,9 +21,9 @@ use serde_bytes::ByteBuf;
 use super::result::TaskError;
 use super::{Completion, Events, Job, JobResult, PoolError, TaskEvent, Work};
 use crate::backoff::poll_briefly;
-use crate::queue::{GetError, PutError, Queue};
-use crate::task::{PreparedTask, RunFailure, TaskEntry, find_by_name};
-use crate::{Process, ProcessError, StartMethod, os};
+use crate::queue::{GetError, PutError, Queue, RawPut};
+use crate::task::{PreparedTask, RunFailure, TaskEntry, encode, find_by_name};
+use crate::{ExitStatus, Process, ProcessError, Signal, StartMethod, os};
 
 /// Jobs sent ahead to one worker: enough that a worker never waits for the
 /// manager between two tiny tasks; an idle worker takes back jobs still
@@ -33,24 +34,65 @@ const DEPTH: usize = 8;
 const CHECK: Duration = Duration::from_millis(20);
 /// How long a worker waits for its status after its pidfd said it ended.
 const REAP: Duration = Duration::from_secs(2);
+/// A worker enforces its job's timeout itself; the parent kills it only if
+/// it is this much past the deadline without a word (a stopped worker).
+const BACKSTOP: Duration = Duration::from_secs(1);
+/// Workers that die before they are ready, in a row, before the pool gives
+/// up on starting more.
+const EARLY_DEATHS: u32 = 3;
 
 /// A job as it travels to a worker.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct WireJob {
     id: u64,
     task: String,
-    /// Report the start (for events and precise timeouts).
+    /// Report the start (for events and the parent's timeout backstop).
     notify: bool,
+    /// The job's timeout, enforced by the worker.
+    timeout: Option<Duration>,
     /// The encoded list of argument tuples.
     batch: ByteBuf,
+}
+
+impl WireJob {
+    /// Back to a job the parent can send again (after a death or a steal).
+    fn into_work(self) -> Work {
+        match encode(&self) {
+            Ok(bytes) => Work::Wire(bytes),
+            // It decoded, so it encodes; keep the pieces if not.
+            Err(_) => Work::Encoded {
+                task: self.task,
+                batch: self.batch.into_vec(),
+            },
+        }
+    }
 }
 
 /// A message from a worker (or the parent itself) to the manager.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Msg {
-    Started { pid: u32, id: u64 },
-    Done { pid: u32, id: u64, outcome: Outcome },
-    InitFailed { pid: u32, reason: String },
+    /// The worker ran its initializer (if any) and takes jobs now.
+    Ready {
+        pid: u32,
+    },
+    Started {
+        pid: u32,
+        id: u64,
+    },
+    Done {
+        pid: u32,
+        id: u64,
+        outcome: Outcome,
+    },
+    /// The job ran past its timeout; the worker kills itself next.
+    TimedOut {
+        pid: u32,
+        id: u64,
+    },
+    InitFailed {
+        pid: u32,
+        reason: String,
+    },
     Wake,
 }
 
@@ -175,6 +217,38 @@ fn run_job(cache: &mut HashMap<String, &'static TaskEntry>, task: &str, batch: &
     }
 }
 
+/// The worker's timeout watchdog: the job it runs and that job's deadline.
+/// The watchdog thread reports an expired job and kills the worker's
+/// process group while holding the lock, and the main thread disarms it
+/// under the same lock before it reports a result, so a timeout can only
+/// ever be charged to the job that overran, never to the next one.
+struct Watchdog {
+    armed: Mutex<Option<(u64, Instant)>>,
+    cv: Condvar,
+}
+
+fn watch(dog: &Watchdog, results: &Queue<Msg>, pid: u32) {
+    let mut armed = dog.armed.lock().unwrap_or_else(PoisonError::into_inner);
+    loop {
+        match *armed {
+            None => armed = dog.cv.wait(armed).unwrap_or_else(PoisonError::into_inner),
+            Some((id, deadline)) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    let _ = results.try_put(Msg::TimedOut { pid, id });
+                    os::signal_own_group(Signal::KILL);
+                    return;
+                }
+                armed = dog
+                    .cv
+                    .wait_timeout(armed, left)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+        }
+    }
+}
+
 /// The worker process's main loop.
 fn pool_worker(args: WorkerArgs) {
     let pid = std::process::id();
@@ -185,6 +259,14 @@ fn pool_worker(args: WorkerArgs) {
         let _ = args.results.put(Msg::InitFailed { pid, reason });
         return;
     }
+    if args.results.put(Msg::Ready { pid }).is_err() {
+        return;
+    }
+    let dog = Arc::new(Watchdog {
+        armed: Mutex::new(None),
+        cv: Condvar::new(),
+    });
+    let mut watching = false;
     let mut jobs = 0u64;
     loop {
         poll_briefly(|| !args.tasks.is_empty() || args.tasks.is_closed());
@@ -199,7 +281,23 @@ fn pool_worker(args: WorkerArgs) {
         if job.notify && args.results.put(Msg::Started { pid, id: job.id }).is_err() {
             return;
         }
+        let deadline = job.timeout.and_then(|t| Instant::now().checked_add(t));
+        if let Some(d) = deadline {
+            if !watching {
+                let (dog, results) = (Arc::clone(&dog), args.results.clone());
+                watching = std::thread::Builder::new()
+                    .name("herd-pool-watchdog".to_owned())
+                    .spawn(move || watch(&dog, &results, pid))
+                    .is_ok();
+            }
+            *dog.armed.lock().unwrap_or_else(PoisonError::into_inner) = Some((job.id, d));
+            dog.cv.notify_all();
+        }
         let outcome = run_job(&mut cache, &job.task, &job.batch);
+        if deadline.is_some() {
+            // Blocks if the watchdog is firing: this process dies then.
+            *dog.armed.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        }
         let reply = Msg::Done {
             pid,
             id: job.id,
@@ -261,8 +359,12 @@ struct Worker {
     inflight: VecDeque<Flight>,
     /// Jobs sent over its life (for `max_tasks_per_child`).
     sent: u64,
-    /// When the job at the head of `inflight` started (or may have).
-    head_since: Option<Instant>,
+    /// The job it reported starting, and when.
+    started: Option<(u64, Instant)>,
+    /// It sent `Ready`.
+    ready: bool,
+    /// The job its watchdog reported over time.
+    timed_out: Option<u64>,
 }
 
 struct State {
@@ -273,6 +375,8 @@ struct State {
     closed: bool,
     terminated: bool,
     broken: Option<TaskError>,
+    /// Workers that died before they were ready, in a row.
+    early_deaths: u32,
     /// The manager has exited and every worker is gone.
     finished: bool,
 }
@@ -286,6 +390,16 @@ struct Shared {
 
 /// Completions to run once the state lock is released.
 type Ready = Vec<(Completion, JobResult)>;
+
+/// What a dead worker's status says about the job it was running.
+fn death_error(pid: u32, status: Option<ExitStatus>) -> TaskError {
+    match status {
+        Some(ExitStatus::Signaled(signal)) => TaskError::WorkerKilled { pid, signal },
+        Some(ExitStatus::Exited(code)) => TaskError::WorkerExited { pid, code },
+        // The status was lost (an OS error): the worker is gone all the same.
+        None => TaskError::WorkerExited { pid, code: -1 },
+    }
+}
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -314,8 +428,29 @@ impl Shared {
             tasks,
             inflight: VecDeque::new(),
             sent: 0,
-            head_since: None,
+            started: None,
+            ready: false,
+            timed_out: None,
         })
+    }
+
+    /// Encodes a job for the wire (outside the state lock: it copies the
+    /// arguments once more).
+    fn wire(&self, job: Job) -> Job {
+        let Work::Encoded { task, batch } = job.work else {
+            return job;
+        };
+        let wire = WireJob {
+            id: job.id,
+            task,
+            notify: self.cfg.notify || job.timeout.is_some(),
+            timeout: job.timeout,
+            batch: ByteBuf::from(batch),
+        };
+        Job {
+            work: wire.into_work(),
+            ..job
+        }
     }
 
     /// Fails a job now (it never reached a worker).
@@ -329,25 +464,18 @@ impl Shared {
         ready.push((done, JobResult::Failed(error)));
     }
 
-    /// Sends `job` to worker `w`.
-    fn send(&self, st: &mut State, ready: &mut Ready, w: usize, job: Job) {
-        let Work::Encoded { task, batch } = job.work else {
+    /// Sends `job` to worker `w` without ever blocking (the state lock is
+    /// held); gives the job back if the worker's queue has no room.
+    fn send(&self, st: &mut State, ready: &mut Ready, w: usize, job: Job) -> Option<Job> {
+        let Work::Wire(bytes) = &job.work else {
             let error =
-                TaskError::Refused("internal: a thread job reached a process pool".to_owned());
-            return self.fail(st, ready, job.id, job.done, error);
-        };
-        let wire = WireJob {
-            id: job.id,
-            task,
-            notify: self.cfg.notify,
-            batch: ByteBuf::from(batch),
+                TaskError::Refused("internal: an unencoded job reached a worker".to_owned());
+            self.fail(st, ready, job.id, job.done, error);
+            return None;
         };
         let worker = &mut st.workers[w];
-        match worker.tasks.put(wire) {
+        match worker.tasks.try_put_encoded(bytes) {
             Ok(()) => {
-                if worker.inflight.is_empty() {
-                    worker.head_since = Some(Instant::now());
-                }
                 worker.sent += 1;
                 worker.inflight.push_back(Flight {
                     id: job.id,
@@ -355,31 +483,44 @@ impl Shared {
                     timeout: job.timeout,
                     done: job.done,
                 });
+                None
             }
-            Err(e) => {
-                let error = TaskError::ArgsEncode(e.to_string());
+            Err(RawPut::TooLarge) => {
+                let error = TaskError::ArgsEncode(format!(
+                    "the arguments ({} bytes) exceed a worker queue's message limit",
+                    bytes.len()
+                ));
                 self.fail(st, ready, job.id, job.done, error);
+                None
             }
+            Err(RawPut::Full | RawPut::Timeout | RawPut::Closed) => Some(job),
         }
     }
 
     /// Whether worker `w` can take another job.
     fn has_room(&self, w: &Worker) -> bool {
-        w.inflight.len() < DEPTH && (self.cfg.max_jobs == 0 || w.sent < self.cfg.max_jobs)
+        w.ready
+            && w.timed_out.is_none()
+            && w.inflight.len() < DEPTH
+            && (self.cfg.max_jobs == 0 || w.sent < self.cfg.max_jobs)
     }
 
     /// Hands pending jobs to the least-loaded workers; an idle worker takes
     /// back a job still queued (not taken) at a busy one.
     fn dispatch(&self, st: &mut State, ready: &mut Ready) {
+        let mut full: HashSet<u32> = HashSet::new();
         while !st.pending.is_empty() {
             let best = (0..st.workers.len())
-                .filter(|&i| self.has_room(&st.workers[i]))
+                .filter(|&i| self.has_room(&st.workers[i]) && !full.contains(&st.workers[i].pid))
                 .min_by_key(|&i| st.workers[i].inflight.len());
             let Some(w) = best else { break };
             let Some(job) = st.pending.pop_front() else {
                 break;
             };
-            self.send(st, ready, w, job);
+            if let Some(back) = self.send(st, ready, w, job) {
+                st.pending.push_front(back);
+                full.insert(st.workers[w].pid);
+            }
         }
         if !st.pending.is_empty() {
             return;
@@ -407,12 +548,11 @@ impl Shared {
                 items: flight.items,
                 timeout: flight.timeout,
                 done: flight.done,
-                work: Work::Encoded {
-                    task: wire.task,
-                    batch: wire.batch.into_vec(),
-                },
+                work: wire.into_work(),
             };
-            self.send(st, ready, idle, job);
+            if let Some(back) = self.send(st, ready, idle, job) {
+                st.pending.push_front(back);
+            }
         }
     }
 
@@ -420,15 +560,24 @@ impl Shared {
     fn handle(&self, st: &mut State, ready: &mut Ready, msg: Msg) {
         match msg {
             Msg::Wake => {}
+            Msg::Ready { pid } => {
+                if let Some(w) = st.workers.iter_mut().find(|w| w.pid == pid) {
+                    w.ready = true;
+                    st.early_deaths = 0;
+                }
+            }
             Msg::Started { pid, id } => {
                 if let Some(w) = st.workers.iter_mut().find(|w| w.pid == pid) {
-                    if w.inflight.front().is_some_and(|f| f.id == id) {
-                        w.head_since = Some(Instant::now());
-                    }
+                    w.started = Some((id, Instant::now()));
                     self.cfg.events.emit(|| TaskEvent::Started {
                         id,
                         worker_pid: pid,
                     });
+                }
+            }
+            Msg::TimedOut { pid, id } => {
+                if let Some(w) = st.workers.iter_mut().find(|w| w.pid == pid) {
+                    w.timed_out = Some(id);
                 }
             }
             Msg::Done { pid, id, outcome } => {
@@ -441,7 +590,9 @@ impl Shared {
                 let Some(flight) = w.inflight.remove(pos) else {
                     return;
                 };
-                w.head_since = (!w.inflight.is_empty()).then(Instant::now);
+                if w.started.is_some_and(|(s, _)| s == id) {
+                    w.started = None;
+                }
                 st.outstanding = st.outstanding.saturating_sub(1);
                 let result = match outcome {
                     Outcome::Ran { results, failed } => JobResult::Encoded {
@@ -473,44 +624,36 @@ impl Shared {
         }
     }
 
-    /// Worker `w` has ended (or was killed, with `status`): settles its jobs
-    /// and removes it.
-    fn bury(
-        &self,
-        st: &mut State,
-        ready: &mut Ready,
-        w: usize,
-        timed_out: Option<(u64, Duration)>,
-    ) {
-        // Everything it reported before dying is in the results queue.
+    /// Worker `w` has ended (or was killed): settles its jobs and removes it.
+    fn bury(&self, st: &mut State, ready: &mut Ready, w: usize) {
+        // Everything it reported before dying is in the results queue,
+        // ahead of anything sent after its death.
         self.drain(st, ready);
         let mut worker = st.workers.swap_remove(w);
+        let pid = worker.pid;
         let status = match worker.proc.join_timeout(REAP) {
-            Ok(Some(())) => None,
-            Ok(None) => worker.proc.kill().ok().map(|s| match s {
-                crate::ExitStatus::Signaled(signal) => TaskError::WorkerKilled {
-                    pid: worker.pid,
-                    signal,
-                },
-                crate::ExitStatus::Exited(code) => TaskError::WorkerExited {
-                    pid: worker.pid,
-                    code,
-                },
-            }),
-            Err(ProcessError::Signaled { signal, .. }) => Some(TaskError::WorkerKilled {
-                pid: worker.pid,
-                signal,
-            }),
-            Err(ProcessError::ExitedWithoutResult { code, .. }) => Some(TaskError::WorkerExited {
-                pid: worker.pid,
-                code,
-            }),
-            // The status was lost (an OS error): the worker is gone all the same.
-            Err(_) => Some(TaskError::WorkerExited {
-                pid: worker.pid,
-                code: -1,
-            }),
+            Ok(Some(())) => Some(ExitStatus::Exited(0)),
+            Ok(None) => worker.proc.kill().ok(),
+            Err(ProcessError::Signaled { signal, .. }) => Some(ExitStatus::Signaled(signal)),
+            Err(ProcessError::ExitedWithoutResult { code, .. }) => Some(ExitStatus::Exited(code)),
+            Err(_) => None,
         };
+        if !worker.ready && !st.terminated {
+            st.early_deaths += 1;
+            if st.early_deaths >= EARLY_DEATHS && st.broken.is_none() {
+                let how = status.map_or("ended".to_owned(), |s| s.to_string());
+                st.broken = Some(if self.cfg.init.is_some() {
+                    TaskError::Initializer(format!(
+                        "{EARLY_DEATHS} workers in a row died before they were ready \
+                         (the last: {how}); the initializer crashes?"
+                    ))
+                } else {
+                    TaskError::WorkerStart(format!(
+                        "{EARLY_DEATHS} workers in a row died before they were ready (the last: {how})"
+                    ))
+                });
+            }
+        }
         // What it had not taken is still in its queue.
         let mut untaken = HashMap::new();
         loop {
@@ -530,25 +673,19 @@ impl Shared {
                     items: flight.items,
                     timeout: flight.timeout,
                     done: flight.done,
-                    work: Work::Encoded {
-                        task: wire.task,
-                        batch: wire.batch.into_vec(),
-                    },
+                    work: wire.into_work(),
                 });
                 continue;
             }
             // Taken and unanswered: the job it died running.
-            let error = match timed_out {
-                Some((id, after)) if id == flight.id => TaskError::TimedOut(after),
-                _ => status.clone().unwrap_or(TaskError::WorkerExited {
-                    pid: worker.pid,
-                    code: 0,
-                }),
+            let error = match (worker.timed_out, flight.timeout) {
+                (Some(id), Some(after)) if id == flight.id => TaskError::TimedOut(after),
+                _ => death_error(pid, status),
             };
             st.outstanding = st.outstanding.saturating_sub(1);
             self.cfg.events.emit(|| TaskEvent::Failed {
                 id: flight.id,
-                worker_pid: Some(worker.pid),
+                worker_pid: Some(pid),
                 error: error.clone(),
             });
             ready.push((flight.done, JobResult::Failed(error)));
@@ -575,32 +712,44 @@ impl Shared {
         };
         for pid in dead {
             if let Some(i) = st.workers.iter().position(|w| w.pid == pid) {
-                self.bury(st, ready, i, None);
+                self.bury(st, ready, i);
             }
         }
     }
 
-    /// Kills workers whose current job is past its timeout.
+    /// The backstop for timeouts: kills a worker whose started job is well
+    /// past its deadline without its watchdog having acted (a stopped or
+    /// frozen worker). Returns the next moment to look.
     fn check_deadlines(&self, st: &mut State, ready: &mut Ready) -> Option<Instant> {
         let now = Instant::now();
         let mut next: Option<Instant> = None;
         let mut expired = Vec::new();
         for w in &st.workers {
-            let (Some(f), Some(since)) = (w.inflight.front(), w.head_since) else {
+            let Some((id, since)) = w.started else {
                 continue;
             };
-            let Some(t) = f.timeout else { continue };
-            let deadline = since + t;
-            if deadline <= now {
-                expired.push((w.pid, f.id, t));
+            let Some(t) = w
+                .inflight
+                .iter()
+                .find(|f| f.id == id)
+                .and_then(|f| f.timeout)
+            else {
+                continue;
+            };
+            let Some(limit) = since.checked_add(t).and_then(|d| d.checked_add(BACKSTOP)) else {
+                continue;
+            };
+            if limit <= now {
+                expired.push((w.pid, id));
             } else {
-                next = Some(next.map_or(deadline, |n| n.min(deadline)));
+                next = Some(next.map_or(limit, |n| n.min(limit)));
             }
         }
-        for (pid, id, after) in expired {
+        for (pid, id) in expired {
             if let Some(i) = st.workers.iter().position(|w| w.pid == pid) {
                 let _ = st.workers[i].proc.kill();
-                self.bury(st, ready, i, Some((id, after)));
+                st.workers[i].timed_out = Some(id);
+                self.bury(st, ready, i);
             }
         }
         next
@@ -631,16 +780,49 @@ impl Shared {
             }
         }
     }
+
+    /// Fails everything and stops (the manager could not go on).
+    fn abandon(&self, error: &TaskError) {
+        let mut ready = Ready::new();
+        {
+            let mut st = self.lock();
+            st.terminated = true;
+            st.closed = true;
+            let mut workers = std::mem::take(&mut st.workers);
+            for w in &mut workers {
+                let _ = w.proc.kill();
+                for f in w.inflight.drain(..) {
+                    self.fail(&mut st, &mut ready, f.id, f.done, error.clone());
+                }
+            }
+            while let Some(job) = st.pending.pop_front() {
+                self.fail(&mut st, &mut ready, job.id, job.done, error.clone());
+            }
+            st.finished = true;
+        }
+        run_ready(ready);
+        self.changed.notify_all();
+    }
 }
 
 fn run_ready(ready: Ready) {
     for (done, result) in ready {
-        done(result);
+        // A completion runs the caller's `Deserialize`; a panic there must
+        // not take the manager down (the completion reports it itself).
+        let _ = catch_unwind(AssertUnwindSafe(move || done(result)));
     }
 }
 
 /// The manager thread.
 fn manage(shared: &Shared) {
+    let run = catch_unwind(AssertUnwindSafe(|| manage_loop(shared)));
+    if let Err(p) = run {
+        let report = crate::PanicReport::from_payload(&*p);
+        shared.abandon(&TaskError::Internal(format!("the pool's manager {report}")));
+    }
+}
+
+fn manage_loop(shared: &Shared) {
     let mut last_check = Instant::now();
     let mut next_deadline: Option<Instant> = None;
     loop {
@@ -662,6 +844,7 @@ fn manage(shared: &Shared) {
         if idle
             || last_check.elapsed() >= CHECK
             || next_deadline.is_some_and(|d| d <= Instant::now())
+            || st.workers.iter().any(|w| w.timed_out.is_some())
         {
             shared.check_deaths(&mut st, &mut ready);
             next_deadline = shared.check_deadlines(&mut st, &mut ready);
@@ -669,14 +852,6 @@ fn manage(shared: &Shared) {
         }
         shared.replenish(&mut st, &mut ready);
         shared.dispatch(&mut st, &mut ready);
-        if next_deadline.is_none() {
-            // A job just sent may carry a timeout.
-            next_deadline = st
-                .workers
-                .iter()
-                .filter_map(|w| Some(w.head_since? + w.inflight.front()?.timeout?))
-                .min();
-        }
         let done = st.closed && st.outstanding == 0 && st.pending.is_empty();
         if done {
             for w in &st.workers {
@@ -716,31 +891,38 @@ impl Engine {
                 closed: false,
                 terminated: false,
                 broken: None,
+                early_deaths: 0,
                 finished: false,
             }),
             changed: Condvar::new(),
             results,
             cfg,
         });
-        {
-            let mut st = shared.lock();
-            for _ in 0..shared.cfg.size {
-                match shared.spawn_worker() {
-                    Ok(w) => st.workers.push(w),
-                    Err(e) => {
-                        for w in &mut st.workers {
-                            let _ = w.proc.kill();
-                        }
-                        return Err(PoolError::WorkerStart(e.to_string()));
-                    }
+        let kill_all = |shared: &Shared| {
+            for w in &mut shared.lock().workers {
+                let _ = w.proc.kill();
+            }
+        };
+        for _ in 0..shared.cfg.size {
+            match shared.spawn_worker() {
+                Ok(w) => shared.lock().workers.push(w),
+                Err(e) => {
+                    kill_all(&shared);
+                    return Err(PoolError::WorkerStart(e.to_string()));
                 }
             }
         }
         let for_thread = Arc::clone(&shared);
-        let manager = std::thread::Builder::new()
+        let manager = match std::thread::Builder::new()
             .name("herd-pool-manager".to_owned())
             .spawn(move || manage(&for_thread))
-            .map_err(|e| PoolError::WorkerStart(e.to_string()))?;
+        {
+            Ok(m) => m,
+            Err(e) => {
+                kill_all(&shared);
+                return Err(PoolError::WorkerStart(e.to_string()));
+            }
+        };
         Ok(Self {
             shared,
             manager: Mutex::new(Some(manager)),
@@ -751,8 +933,13 @@ impl Engine {
         self.shared.lock().workers.iter().map(|w| w.pid).collect()
     }
 
+    pub(crate) fn is_closed(&self) -> bool {
+        self.shared.lock().closed
+    }
+
     pub(crate) fn submit(&self, job: Job) {
         let shared = &*self.shared;
+        let job = shared.wire(job);
         let mut ready = Ready::new();
         let mut st = shared.lock();
         shared.cfg.events.emit(|| TaskEvent::Submitted {
@@ -765,12 +952,11 @@ impl Engine {
         } else if let Some(error) = st.broken.clone() {
             shared.fail(&mut st, &mut ready, job.id, job.done, error);
         } else {
-            let timed = job.timeout.is_some();
             st.pending.push_back(job);
             shared.dispatch(&mut st, &mut ready);
-            if timed || !st.pending.is_empty() && st.workers.len() < shared.cfg.size {
-                // The manager watches deadlines and starts workers.
-                let _ = shared.results.put(Msg::Wake);
+            if !st.pending.is_empty() && st.workers.len() < shared.cfg.size {
+                // The manager starts workers.
+                let _ = shared.results.try_put(Msg::Wake);
             }
         }
         drop(st);
@@ -781,7 +967,7 @@ impl Engine {
         let mut st = self.shared.lock();
         st.closed = true;
         drop(st);
-        let _ = self.shared.results.put(Msg::Wake);
+        let _ = self.shared.results.try_put(Msg::Wake);
     }
 
     pub(crate) fn join(&self, deadline: Option<Instant>) -> Result<(), PoolError> {
@@ -824,29 +1010,11 @@ impl Engine {
 
     pub(crate) fn terminate(&self) {
         let shared = &*self.shared;
-        let mut ready = Ready::new();
-        {
-            let mut st = shared.lock();
-            if st.finished {
-                return;
-            }
-            st.terminated = true;
-            st.closed = true;
-            let mut workers = std::mem::take(&mut st.workers);
-            for w in &mut workers {
-                let _ = w.proc.kill();
-                for f in w.inflight.drain(..) {
-                    shared.fail(&mut st, &mut ready, f.id, f.done, TaskError::Terminated);
-                }
-            }
-            while let Some(job) = st.pending.pop_front() {
-                shared.fail(&mut st, &mut ready, job.id, job.done, TaskError::Terminated);
-            }
-            st.finished = true;
+        if shared.lock().finished {
+            return;
         }
-        let _ = shared.results.put(Msg::Wake);
-        run_ready(ready);
-        shared.changed.notify_all();
+        shared.abandon(&TaskError::Terminated);
+        let _ = shared.results.try_put(Msg::Wake);
         if let Some(h) = self
             .manager
             .lock()

@@ -77,6 +77,10 @@ pub enum TaskError {
     /// A worker could not be started.
     #[error("a worker could not be started: {0}")]
     WorkerStart(String),
+    /// The pool broke down internally (a bug in herd): every unfinished
+    /// task gets this, rather than hang.
+    #[error("internal pool error: {0}")]
+    Internal(String),
     /// [`AsyncResult::get_timeout`] gave up waiting; the task goes on and
     /// its result can still be collected.
     #[error("the result was not ready in time")]

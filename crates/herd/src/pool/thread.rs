@@ -45,6 +45,8 @@ struct State {
     terminated: bool,
     broken: Option<TaskError>,
     timer: bool,
+    /// Completions to run once the lock is released.
+    deferred: Vec<(Completion, JobResult)>,
 }
 
 struct Shared {
@@ -89,6 +91,7 @@ fn start_thread(shared: &Arc<Shared>, st: &mut State) {
 }
 
 /// Fails every queued job with the pool's broken error (or `Terminated`).
+/// The completions run at the next [`release`], outside the lock.
 fn fail_queue(shared: &Shared, st: &mut State, pick: impl Fn(TaskError) -> TaskError) {
     let error = pick(st.broken.clone().unwrap_or(TaskError::Terminated));
     let jobs: Vec<Job> = st.queue.drain(..).collect();
@@ -102,7 +105,19 @@ fn fail_queue(shared: &Shared, st: &mut State, pick: impl Fn(TaskError) -> TaskE
             worker_pid: None,
             error: error.clone(),
         });
-        (job.done)(JobResult::Failed(error.clone()));
+        st.deferred
+            .push((job.done, JobResult::Failed(error.clone())));
+    }
+}
+
+/// Unlocks, then runs the completions deferred under the lock (they run
+/// the caller's code: wakers, `Drop`s).
+fn release(st: MutexGuard<'_, State>) {
+    let mut st = st;
+    let deferred = std::mem::take(&mut st.deferred);
+    drop(st);
+    for (done, result) in deferred {
+        done(result);
     }
 }
 
@@ -115,7 +130,7 @@ fn worker(shared: &Arc<Shared>, me: u64) {
         st.broken = Some(TaskError::Initializer(report.to_string()));
         st.threads = st.threads.saturating_sub(1);
         fail_queue(shared, &mut st, |b| b);
-        drop(st);
+        release(st);
         shared.changed.notify_all();
         shared.work.notify_all();
         return;
@@ -145,7 +160,7 @@ fn worker(shared: &Arc<Shared>, me: u64) {
         };
         let Some(job) = job else {
             st.threads = st.threads.saturating_sub(1);
-            drop(st);
+            release(st);
             shared.changed.notify_all();
             return;
         };
@@ -177,7 +192,7 @@ fn worker(shared: &Arc<Shared>, me: u64) {
                 st.timer = false;
             }
         }
-        drop(st);
+        release(st);
         if deadline.is_some() {
             shared.timer.notify_all();
         }
@@ -194,7 +209,7 @@ fn worker(shared: &Arc<Shared>, me: u64) {
                 },
                 Err(p) => JobResult::Failed(TaskError::Panicked(PanicReport::from_payload(&*p))),
             },
-            Work::Encoded { .. } => JobResult::Failed(TaskError::Refused(
+            Work::Encoded { .. } | Work::Wire(_) => JobResult::Failed(TaskError::Refused(
                 "internal: a process job reached a thread pool".to_owned(),
             )),
         };
@@ -210,7 +225,7 @@ fn worker(shared: &Arc<Shared>, me: u64) {
             // Replace this thread (fresh thread-locals) and leave.
             start_thread(shared, &mut st);
         }
-        drop(st);
+        release(st);
         if let Some(r) = running {
             shared.cfg.events.finished(id, shared.pid, &result);
             (r.done)(result);
@@ -228,6 +243,7 @@ fn timer(shared: &Arc<Shared>) {
     loop {
         if st.terminated || (st.closed && st.outstanding == 0) {
             st.timer = false;
+            release(st);
             return;
         }
         let now = Instant::now();
@@ -248,7 +264,7 @@ fn timer(shared: &Arc<Shared>) {
                     fired.push((id, r));
                 }
             }
-            drop(st);
+            release(st);
             for (id, r) in fired {
                 let error = TaskError::TimedOut(r.timeout);
                 shared.cfg.events.emit(|| TaskEvent::Failed {
@@ -295,6 +311,7 @@ impl Engine {
                 terminated: false,
                 broken: None,
                 timer: false,
+                deferred: Vec::new(),
             }),
             work: Condvar::new(),
             changed: Condvar::new(),
@@ -309,6 +326,7 @@ impl Engine {
             for _ in 0..size {
                 start_thread(&shared, &mut st);
             }
+            release(st);
         }
         Self { shared }
     }
@@ -327,7 +345,7 @@ impl Engine {
             st.broken.clone()
         };
         if let Some(error) = refused {
-            drop(st);
+            release(st);
             shared.cfg.events.emit(|| TaskEvent::Failed {
                 id,
                 worker_pid: None,
@@ -342,10 +360,14 @@ impl Engine {
         // A sleeper counts itself under the lock before it waits, so with
         // none counted nobody can miss this job, and no wake-up call is made.
         let wake = st.sleepers > 0;
-        drop(st);
+        release(st);
         if wake {
             shared.work.notify_one();
         }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.shared.lock().closed
     }
 
     pub(crate) fn close(&self) {
@@ -399,7 +421,7 @@ impl Engine {
             st.threads = st.threads.saturating_sub(1);
         }
         st.outstanding = 0;
-        drop(st);
+        release(st);
         for (id, r) in running {
             shared.cfg.events.emit(|| TaskEvent::Failed {
                 id,
