@@ -5,7 +5,9 @@
 //! * `apply_async_all`: submit every task, then gather every result;
 //! * `apply_async_one_at_a_time`: submit, wait, repeat (the round trip);
 //! * `map_chunk1`: `map` with chunk size 1;
-//! * `map_auto`: `map` with the automatic chunk size.
+//! * `map_auto`: `map` with the automatic chunk size;
+//! * `copy_files_4`, `copy_files_400`: the seed's S6, copying 64 KiB files
+//!   in one process and with the pool (files/s): where a pool starts to pay.
 //!
 //! Implementations: herd's process pool and thread pool, Python's
 //! `multiprocessing.Pool` (the script beside this crate), procspawn's `Pool`
@@ -140,6 +142,97 @@ fn procspawn_case(pool: &procspawn::Pool, case: &str, n: u64) -> Result<(), Stri
     check(v, n)
 }
 
+/// Copies one file (the seed's S6 task); returns the bytes copied.
+#[herd::task]
+fn copy_file(from: String, to: String) -> u64 {
+    std::fs::copy(&from, &to).unwrap_or(0)
+}
+
+/// The seed's S6: copying N files in one process and with the pool, for a
+/// few and for many files — the crossover where a pool starts to pay.
+fn copy_files(procs: &herd::Pool, workers: usize, quick: bool) {
+    let size = 64 << 10;
+    for n in [4usize, 400] {
+        let case = format!("copy_files_{n}");
+        let dir = std::env::temp_dir().join(format!("herd-bench-s6-{}-{n}", std::process::id()));
+        let made = std::fs::create_dir_all(&dir).and_then(|()| {
+            (0..n).try_for_each(|i| {
+                std::fs::write(dir.join(format!("f{i:04}")), vec![(i % 251) as u8; size])
+            })
+        });
+        if let Err(e) = made {
+            note(SUITE, &format!("{case}: cannot make the files: {e}"));
+            let _ = std::fs::remove_dir_all(&dir);
+            continue;
+        }
+        let pairs: Vec<(String, String)> = (0..n)
+            .map(|i| {
+                let from = dir.join(format!("f{i:04}"));
+                let to = dir.join(format!("f{i:04}.copy"));
+                (from.display().to_string(), to.display().to_string())
+            })
+            .collect();
+        let reps = if quick { 3 } else { 10 };
+        let mut one = 0f64;
+        let mut pooled = 0f64;
+        for _ in 0..reps {
+            let t = Instant::now();
+            for (from, to) in &pairs {
+                let _ = std::fs::copy(from, to);
+            }
+            one = one.max(n as f64 / t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            match procs.starmap(copy_file, pairs.clone()) {
+                Ok(v) if v.iter().all(|b| *b == size as u64) => {
+                    pooled = pooled.max(n as f64 / t.elapsed().as_secs_f64());
+                }
+                other => note(SUITE, &format!("{case}: pool copy failed: {other:?}")),
+            }
+        }
+        for (name, v) in [("herd-one-process", one), ("herd-process", pooled)] {
+            emit(&Record {
+                suite: SUITE,
+                case: &case,
+                implementation: name,
+                metric: "files_per_s",
+                value: v,
+                unit: "files/s",
+            });
+        }
+        ratio(&case, "herd-process/herd-one-process", pooled / one);
+        for (_, to) in &pairs {
+            let _ = std::fs::remove_file(to);
+        }
+        let py = run_python(
+            SUITE,
+            "mp_pool.py",
+            &[
+                "copy_files".to_owned(),
+                dir.display().to_string(),
+                workers.to_string(),
+            ],
+        );
+        if let Some(py) = py {
+            for (key, name) in [
+                ("one_files_s", "python-one-process"),
+                ("pool_files_s", "python-mp-pool"),
+            ] {
+                if let Some(v) = py[key].as_f64() {
+                    emit(&Record {
+                        suite: SUITE,
+                        case: &case,
+                        implementation: name,
+                        metric: "files_per_s",
+                        value: v,
+                        unit: "files/s",
+                    });
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 /// Runs the suite.
 pub(crate) fn run(quick: bool) {
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -208,4 +301,5 @@ pub(crate) fn run(quick: bool) {
             ratio(case, "herd-thread/rayon", h / r);
         }
     }
+    copy_files(&procs, workers, quick);
 }

@@ -157,6 +157,47 @@ fn unlucky(v: u8) -> PanicsOnDecode {
     PanicsOnDecode(v)
 }
 
+/// Caps this process's address space just above what it uses, then asks
+/// for far more: the allocation fails and Rust aborts, as a task that runs
+/// out of memory does.
+#[herd::task]
+fn exhaust_memory() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    let cap = (kib + 64 * 1024) * 1024;
+    let limit = libc::rlimit {
+        rlim_cur: cap,
+        rlim_max: cap,
+    };
+    // SAFETY: setrlimit reads the struct; it only lowers this process's limit.
+    unsafe {
+        libc::setrlimit(libc::RLIMIT_AS, &limit);
+    }
+    let v: Vec<u8> = vec![1; 512 << 20];
+    v.len()
+}
+
+/// An iterator whose size hint claims `claim` items while it yields `real`.
+struct Liar {
+    left: u64,
+    claim: usize,
+}
+
+impl Iterator for Liar {
+    type Item = u64;
+    fn next(&mut self) -> Option<u64> {
+        self.left = self.left.checked_sub(1)?;
+        Some(self.left)
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.claim, Some(self.claim))
+    }
+}
+
 fn pool(backend: Backend, size: usize) -> Pool {
     Pool::builder()
         .backend(backend)
@@ -779,6 +820,50 @@ fn imap_on_a_closed_pool_ends() -> Result<(), Failed> {
     })
 }
 
+fn out_of_memory_is_an_error() -> Result<(), Failed> {
+    let p = pool(Backend::Processes, 1);
+    let r = p.apply(exhaust_memory, ());
+    check(
+        matches!(r, Err(TaskError::WorkerKilled { signal, .. }) if signal == Signal::ABRT),
+        format!("{r:?}"),
+    )?;
+    check(p.apply(square, (3,)) == Ok(9), "the pool goes on")
+}
+
+fn a_lying_size_hint_is_harmless() -> Result<(), Failed> {
+    each_backend(|b| {
+        let p = pool(b, 2);
+        for (real, claim) in [(10, 1000), (1000, 10), (0, 50), (7, 0)] {
+            let got = p.map(square, Liar { left: real, claim })?;
+            let want: Vec<u64> = (0..real).rev().map(|x| x * x).collect();
+            check(got == want, format!("{real} items claiming {claim}"))?;
+        }
+        Ok(())
+    })
+}
+
+fn progress_bar_and_events_on_a_map() -> Result<(), Failed> {
+    each_backend(|b| {
+        let p = Pool::builder()
+            .backend(b)
+            .size(2)
+            .progress_bar(true)
+            .events(true)
+            .build()?;
+        check(p.map_chunked(square, 0..100u64, 10)?.len() == 100, "map")?;
+        let rx = p.events().ok_or("events")?;
+        let mut finished = 0;
+        while finished < 10 {
+            if let TaskEvent::Finished { ok, failed, .. } = rx.recv_timeout(GUARD)? {
+                check(ok == 10 && failed == 0, "chunk of 10")?;
+                finished += 1;
+            }
+        }
+        let got: Vec<u64> = p.imap(square, 0..20u64).map(Result::unwrap).collect();
+        check(got.len() == 20, "imap with a bar")
+    })
+}
+
 fn main() {
     herd::init();
     let args = Arguments::from_args();
@@ -844,6 +929,15 @@ fn main() {
             panicking_result_decode_fails_that_task_only,
         ),
         Trial::test("imap_on_a_closed_pool_ends", imap_on_a_closed_pool_ends),
+        Trial::test("out_of_memory_is_an_error", out_of_memory_is_an_error),
+        Trial::test(
+            "a_lying_size_hint_is_harmless",
+            a_lying_size_hint_is_harmless,
+        ),
+        Trial::test(
+            "progress_bar_and_events_on_a_map",
+            progress_bar_and_events_on_a_map,
+        ),
     ];
     libtest_mimic::run(&args, tests).exit();
 }

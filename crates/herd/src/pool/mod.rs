@@ -810,7 +810,7 @@ impl Pool {
         A: Serialize + Send + 'static,
         F::Output: DeserializeOwned + Send + 'static,
     {
-        self.starmap_impl(f, items.into_iter().map(|a| (a,)).collect(), None)
+        self.starmap_impl(f, items.into_iter().map(|a| (a,)), None)
     }
 
     /// [`map_async`](Self::map_async) with an explicit chunk size.
@@ -826,11 +826,7 @@ impl Pool {
         A: Serialize + Send + 'static,
         F::Output: DeserializeOwned + Send + 'static,
     {
-        self.starmap_impl(
-            f,
-            items.into_iter().map(|a| (a,)).collect(),
-            Some(chunksize),
-        )
+        self.starmap_impl(f, items.into_iter().map(|a| (a,)), Some(chunksize))
     }
 
     /// `f(a, b, ...)` for every argument tuple, in order (Python's `starmap`).
@@ -852,42 +848,70 @@ impl Pool {
         A: Serialize + Send + 'static,
         F::Output: DeserializeOwned + Send + 'static,
     {
-        self.starmap_impl(f, items.into_iter().collect(), None)
+        self.starmap_impl(f, items.into_iter(), None)
     }
 
-    fn starmap_impl<F, A>(
+    fn starmap_impl<F, A, I>(
         &self,
         f: F,
-        items: Vec<A>,
+        items: I,
         chunksize: Option<usize>,
     ) -> AsyncResult<Vec<F::Output>>
     where
         F: TaskFn<A>,
+        I: Iterator<Item = A>,
         A: Serialize + Send + 'static,
         F::Output: DeserializeOwned + Send + 'static,
     {
-        let n = items.len();
-        let chunk = chunksize.unwrap_or_else(|| auto_chunk(n, self.size)).max(1);
-        let slot = Slot::new();
-        let chunks = n.div_ceil(chunk);
-        if chunks == 0 {
-            slot.fill(Ok(Vec::new()));
-            return AsyncResult::new(slot, 0);
+        let (lo, hi) = items.size_hint();
+        if chunksize.is_none() && Some(lo) != hi {
+            // The length sizes the chunks: learn it (Python does the same).
+            let all: Vec<A> = items.collect();
+            return self.starmap_impl(f, all.into_iter(), chunksize);
         }
-        let progress = self.progress_bar(n as u64);
+        // A known length: chunks are cut from the input as it is read, with
+        // no copy of the whole input first. The count is only a hint (an
+        // iterator may misreport it), so the collector learns the real
+        // number of chunks when the input ends.
+        let chunk = chunksize
+            .unwrap_or_else(|| auto_chunk(lo, self.size))
+            .max(1);
+        let slot = Slot::new();
+        let progress = self.progress_bar(lo as u64);
         let collector = Arc::new(Mutex::new(MapState {
-            parts: (0..chunks).map(|_| None).collect(),
-            remaining: chunks,
+            parts: Vec::with_capacity(lo.div_ceil(chunk)),
+            done: 0,
+            expected: None,
+            items: 0,
             error: None,
         }));
-        let mut first_id = 0;
-        let mut it = items.into_iter();
-        for index in 0..chunks {
-            let part: Vec<A> = it.by_ref().take(chunk).collect();
-            let collector = Arc::clone(&collector);
+        let finish = {
             let slot = Arc::clone(&slot);
             let progress = progress.clone();
+            move |result| {
+                if let Some(p) = &progress {
+                    p.finish_and_clear();
+                }
+                slot.fill(result);
+            }
+        };
+        let mut first_id = 0;
+        let mut items = items;
+        let mut index = 0;
+        loop {
+            let part: Vec<A> = items.by_ref().take(chunk).collect();
+            if part.is_empty() {
+                break;
+            }
             let len = part.len();
+            {
+                let mut st = collector.lock().unwrap_or_else(PoisonError::into_inner);
+                st.parts.push(None);
+                st.items += len;
+            }
+            let collector = Arc::clone(&collector);
+            let progress = progress.clone();
+            let finish = finish.clone();
             let id = self.submit_chunk(f, part, self.timeout, move |results| {
                 if let Some(p) = &progress {
                     p.inc(len as u64);
@@ -895,18 +919,24 @@ impl Pool {
                 let finished = {
                     let mut st = collector.lock().unwrap_or_else(PoisonError::into_inner);
                     st.add(index, chunk, results);
-                    st.finish(n)
+                    st.finish()
                 };
                 if let Some(result) = finished {
-                    if let Some(p) = &progress {
-                        p.finish_and_clear();
-                    }
-                    slot.fill(result);
+                    finish(result);
                 }
             });
             if index == 0 {
                 first_id = id;
             }
+            index += 1;
+        }
+        let finished = {
+            let mut st = collector.lock().unwrap_or_else(PoisonError::into_inner);
+            st.expected = Some(index);
+            st.finish()
+        };
+        if let Some(result) = finished {
+            finish(result);
         }
         AsyncResult::new(slot, first_id)
     }
@@ -1069,8 +1099,14 @@ impl Drop for Pool {
 
 /// The results of a `map` as chunks arrive.
 struct MapState<R> {
+    /// Each chunk's values, by chunk number.
     parts: Vec<Option<Vec<R>>>,
-    remaining: usize,
+    /// Chunks finished.
+    done: usize,
+    /// Chunks submitted, once the input has ended.
+    expected: Option<usize>,
+    /// Items submitted.
+    items: usize,
     /// The first failure by position.
     error: Option<(usize, TaskError)>,
 }
@@ -1086,21 +1122,24 @@ impl<R> MapState<R> {
         if let Some(p) = self.parts.get_mut(index) {
             *p = Some(results.values);
         }
-        self.remaining = self.remaining.saturating_sub(1);
+        self.done += 1;
     }
 
-    /// The whole result, once every chunk is in.
-    fn finish(&mut self, n: usize) -> Option<Result<Vec<R>, TaskError>> {
-        if self.remaining > 0 {
+    /// The whole result, once the input has ended and every chunk is in
+    /// (`None` before, and after it was taken).
+    fn finish(&mut self) -> Option<Result<Vec<R>, TaskError>> {
+        if self.expected != Some(self.done) {
             return None;
         }
+        // Taken once: a later call finds nothing.
+        self.expected = None;
         if let Some((_, e)) = self.error.take() {
             return Some(Err(e));
         }
         if self.parts.len() == 1 {
             return self.parts.pop().flatten().map(Ok);
         }
-        let mut out = Vec::with_capacity(n);
+        let mut out = Vec::with_capacity(self.items);
         for part in self.parts.drain(..).flatten() {
             out.extend(part);
         }
