@@ -1039,7 +1039,10 @@ impl Pool {
             exhausted: false,
             ready: VecDeque::new(),
             shared: Arc::new(ImapShared {
-                done: Mutex::new(HashMap::new()),
+                done: Mutex::new(ImapDone {
+                    chunks: HashMap::new(),
+                    waiting: false,
+                }),
                 cv: Condvar::new(),
             }),
             progress: self.progress_bar(known.unwrap_or(0) as u64),
@@ -1149,8 +1152,14 @@ impl<R> MapState<R> {
 
 /// Chunks of an `imap` that finished, by sequence number.
 struct ImapShared<R> {
-    done: Mutex<HashMap<usize, Vec<Result<R, TaskError>>>>,
+    done: Mutex<ImapDone<R>>,
     cv: Condvar,
+}
+
+struct ImapDone<R> {
+    chunks: HashMap<usize, Vec<Result<R, TaskError>>>,
+    /// The consumer waits on the condition variable.
+    waiting: bool,
 }
 
 /// The iterator of [`Pool::imap`] and [`Pool::imap_unordered`]: yields
@@ -1225,12 +1234,15 @@ where
                     if let Some(p) = &progress {
                         p.inc(len as u64);
                     }
-                    shared
-                        .done
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(seq, results.into_results());
-                    shared.cv.notify_all();
+                    let waiting = {
+                        let mut done = shared.done.lock().unwrap_or_else(PoisonError::into_inner);
+                        done.chunks.insert(seq, results.into_results());
+                        done.waiting
+                    };
+                    // std's notify makes a system call even with nobody waiting.
+                    if waiting {
+                        shared.cv.notify_all();
+                    }
                 });
         }
     }
@@ -1267,17 +1279,21 @@ where
                 .unwrap_or_else(PoisonError::into_inner);
             loop {
                 let key = if self.ordered {
-                    done.contains_key(&self.received).then_some(self.received)
+                    done.chunks
+                        .contains_key(&self.received)
+                        .then_some(self.received)
                 } else {
-                    done.keys().next().copied()
+                    done.chunks.keys().next().copied()
                 };
                 if let Some(k) = key {
-                    if let Some(v) = done.remove(&k) {
+                    if let Some(v) = done.chunks.remove(&k) {
                         self.ready.extend(v);
                     }
                     self.received += 1;
+                    done.waiting = false;
                     break;
                 }
+                done.waiting = true;
                 done = self
                     .shared
                     .cv

@@ -377,6 +377,8 @@ struct State {
     broken: Option<TaskError>,
     /// Workers that died before they were ready, in a row.
     early_deaths: u32,
+    /// Threads waiting on `changed` (in `join`).
+    joiners: usize,
     /// The manager has exited and every worker is gone.
     finished: bool,
 }
@@ -865,9 +867,13 @@ fn manage_loop(shared: &Shared) {
             st.workers.clear();
             st.finished = true;
         }
+        // std's notify makes a system call even with nobody waiting.
+        let joiners = st.joiners > 0;
         drop(st);
         run_ready(ready);
-        shared.changed.notify_all();
+        if joiners || done {
+            shared.changed.notify_all();
+        }
         if done {
             return;
         }
@@ -892,6 +898,7 @@ impl Engine {
                 terminated: false,
                 broken: None,
                 early_deaths: 0,
+                joiners: 0,
                 finished: false,
             }),
             changed: Condvar::new(),
@@ -976,6 +983,28 @@ impl Engine {
             if !st.closed {
                 return Err(PoolError::NotClosed);
             }
+            st.joiners += 1;
+            let r = self.join_locked(st, deadline);
+            self.shared.lock().joiners -= 1;
+            r?;
+        }
+        if let Some(h) = self
+            .manager
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            let _ = h.join();
+        }
+        Ok(())
+    }
+
+    fn join_locked(
+        &self,
+        mut st: MutexGuard<'_, State>,
+        deadline: Option<Instant>,
+    ) -> Result<(), PoolError> {
+        {
             while !st.finished {
                 st = match deadline {
                     None => self
@@ -996,14 +1025,6 @@ impl Engine {
                     }
                 };
             }
-        }
-        if let Some(h) = self
-            .manager
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
-            let _ = h.join();
         }
         Ok(())
     }

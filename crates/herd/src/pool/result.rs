@@ -101,6 +101,8 @@ struct SlotState<R> {
     value: Option<Result<R, TaskError>>,
     taken: bool,
     waker: Option<Waker>,
+    /// Threads waiting on the condition variable.
+    waiters: usize,
 }
 
 impl<R> Slot<R> {
@@ -111,6 +113,7 @@ impl<R> Slot<R> {
                 value: None,
                 taken: false,
                 waker: None,
+                waiters: 0,
             }),
             cv: Condvar::new(),
         })
@@ -131,9 +134,13 @@ impl<R> Slot<R> {
             }
             st.value = Some(value);
             self.ready.store(true, Ordering::Release);
-            st.waker.take()
+            (st.waker.take(), st.waiters > 0)
         };
-        self.cv.notify_all();
+        let (waker, waiters) = waker;
+        // std's notify makes a system call even with nobody waiting.
+        if waiters {
+            self.cv.notify_all();
+        }
         if let Some(w) = waker {
             w.wake();
         }
@@ -152,16 +159,17 @@ impl<R> Slot<R> {
             return true;
         }
         let mut st = self.lock();
-        loop {
+        st.waiters += 1;
+        let done = loop {
             if st.value.is_some() || st.taken {
-                return true;
+                break true;
             }
             match deadline {
                 None => st = self.cv.wait(st).unwrap_or_else(PoisonError::into_inner),
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        return false;
+                        break false;
                     }
                     st = self
                         .cv
@@ -170,7 +178,9 @@ impl<R> Slot<R> {
                         .0;
                 }
             }
-        }
+        };
+        st.waiters -= 1;
+        done
     }
 
     fn take(&self) -> Result<R, TaskError> {

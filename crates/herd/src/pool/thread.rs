@@ -39,6 +39,8 @@ struct State {
     abandoned: HashSet<u64>,
     /// Threads waiting on `work`.
     sleepers: usize,
+    /// Threads waiting on `changed` (in `join`).
+    joiners: usize,
     next_thread: u64,
     outstanding: usize,
     closed: bool,
@@ -225,12 +227,16 @@ fn worker(shared: &Arc<Shared>, me: u64) {
             // Replace this thread (fresh thread-locals) and leave.
             start_thread(shared, &mut st);
         }
+        // std's notify makes a system call even with nobody waiting.
+        let joiners = st.joiners > 0;
         release(st);
         if let Some(r) = running {
             shared.cfg.events.finished(id, shared.pid, &result);
             (r.done)(result);
         }
-        shared.changed.notify_all();
+        if joiners {
+            shared.changed.notify_all();
+        }
         if abandoned || retire {
             return;
         }
@@ -305,6 +311,7 @@ impl Engine {
                 threads: size,
                 abandoned: HashSet::new(),
                 sleepers: 0,
+                joiners: 0,
                 next_thread: 0,
                 outstanding: 0,
                 closed: false,
@@ -382,6 +389,17 @@ impl Engine {
         if !st.closed {
             return Err(PoolError::NotClosed);
         }
+        st.joiners += 1;
+        let r = self.join_locked(st, deadline);
+        self.shared.lock().joiners -= 1;
+        r
+    }
+
+    fn join_locked(
+        &self,
+        mut st: MutexGuard<'_, State>,
+        deadline: Option<Instant>,
+    ) -> Result<(), PoolError> {
         while st.threads > 0 || st.outstanding > 0 && !st.terminated {
             st = match deadline {
                 None => self
