@@ -143,6 +143,7 @@ mod process;
 pub mod queue;
 pub mod sync;
 mod task;
+pub mod thread;
 
 pub use pipe::{Connection, DEFAULT_MAX_MESSAGE, RecvError, SendError, pipe};
 pub use pool::{AsyncResult, Backend, Pool, PoolBuilder, PoolError, TaskError, TaskEvent};

@@ -317,3 +317,50 @@ fn s6_copy_files_times_both_ways_and_verifies() {
         assert!(!std::path::Path::new(d).exists(), "{d} is left over");
     }
 }
+
+#[test]
+fn s1_the_second_loop_never_runs() {
+    let lines = run("s1_two_loops", &[]);
+    assert_eq!(lines.len(), 4, "{lines:#?}");
+    assert!(lines[..3].iter().all(|l| l.starts_with("first loop")));
+    assert!(lines[3].contains("never ends"), "{lines:#?}");
+}
+
+#[test]
+fn s8_thread_names_and_join() {
+    let lines = run("s8_thread_loop", &[]);
+    assert_eq!(
+        lines.first().map(String::as_str),
+        Some("thread MainThread is running...")
+    );
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("thread MainThread ended.")
+    );
+    let counts: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("LoopThread >>>"))
+        .collect();
+    assert_eq!(counts.len(), 5, "{lines:#?}");
+    // The main thread waited for LoopThread (join) before its last line.
+    assert!(pos(&lines, "LoopThread ended.") < pos(&lines, "MainThread ended."));
+}
+
+#[test]
+fn s10_non_daemon_threads_are_waited_for_daemons_are_not() {
+    let lines = run("s10_daemon_threads", &[]);
+    let main_end = pos(&lines, "main ends");
+    for i in 0..15 {
+        let end = pos(&lines, &format!("end {i}"));
+        assert!(
+            end > main_end,
+            "thread {i} ended after main returned: {lines:#?}"
+        );
+    }
+    let lines = run("s10_daemon_threads", &["daemon"]);
+    assert!(lines.iter().any(|l| l.contains("main ends")));
+    assert!(
+        !lines.iter().any(|l| l.starts_with("end ")),
+        "daemon threads outlived the program: {lines:#?}"
+    );
+}
