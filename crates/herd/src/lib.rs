@@ -134,6 +134,7 @@
 //!   stdin ([`Stdio::inherit`]) is stopped (SIGTTIN) if it reads from it;
 //!   the default stdin is `/dev/null`, as in Python.
 
+pub mod aio;
 mod backoff;
 mod ipc;
 mod os;

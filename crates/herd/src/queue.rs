@@ -22,10 +22,12 @@
 //! sequence words beside the ring; a waiter rechecks at least every 100 ms.
 
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -533,6 +535,48 @@ pub(crate) enum RawPut {
 }
 
 impl<T> Queue<T> {
+    /// Waits (up to `deadline`) until an item is there or the queue is
+    /// closed, taking nothing; true when either holds. For `get_async`.
+    fn wait_item(&self, deadline: Instant) -> bool {
+        self.wait_for(deadline, self.not_empty(), self.sleeping_getters(), |q| {
+            q.count().load(Ordering::Relaxed) > 0
+        })
+    }
+
+    /// Waits (up to `deadline`) until there may be room for a message, or
+    /// the queue is closed. For `put_async`.
+    fn wait_room(&self, deadline: Instant) -> bool {
+        self.wait_for(deadline, self.not_full(), self.sleeping_putters(), |q| {
+            let count = q.count().load(Ordering::Relaxed);
+            (q.maxsize == 0 || count < q.maxsize) && q.used().is_some_and(|u| u + 64 < q.cap)
+        })
+    }
+
+    fn wait_for(
+        &self,
+        deadline: Instant,
+        word: &AtomicU32,
+        sleepers: &AtomicU32,
+        ready: impl Fn(&Self) -> bool,
+    ) -> bool {
+        if !self.lock(Some(deadline)) {
+            return false;
+        }
+        loop {
+            if self.is_closed() || ready(self) {
+                self.unlock();
+                return true;
+            }
+            if Instant::now() >= deadline {
+                self.unlock();
+                return false;
+            }
+            if !self.sleep(word, sleepers, Some(deadline)) {
+                return false;
+            }
+        }
+    }
+
     fn put_bytes_until(
         &self,
         bytes: &[u8],
@@ -590,6 +634,59 @@ impl<T> Queue<T> {
         self.signal(self.not_empty(), self.sleeping_getters(), false);
         self.unlock();
         Ok(())
+    }
+}
+
+impl<T: DeserializeOwned + 'static> Queue<T> {
+    /// [`get`](Self::get) for async code, on any runtime (tokio, smol, ...):
+    /// cancel-safe — dropping the future never takes an item. See
+    /// [`aio`](crate::aio) for how it waits.
+    ///
+    /// ```
+    /// # fn main() {
+    /// herd::init();
+    /// let q = herd::Queue::new().unwrap();
+    /// q.put(5u8).unwrap();
+    /// let got = futures_lite::future::block_on(q.get_async());
+    /// assert_eq!(got.unwrap(), 5);
+    /// # }
+    /// ```
+    pub fn get_async(&self) -> impl Future<Output = Result<T, GetError>> + Send + '_
+    where
+        T: Send,
+    {
+        let q = self.clone();
+        crate::aio::Retry::new(
+            move || match self.try_get() {
+                Err(GetError::Empty) => Poll::Pending,
+                r => Poll::Ready(r),
+            },
+            move |deadline| q.wait_item(deadline),
+        )
+    }
+}
+
+impl<T: Serialize + 'static> Queue<T> {
+    /// [`put`](Self::put) for async code: waits while the queue is full.
+    /// Dropping the future before it completes drops the value unsent.
+    pub fn put_async(&self, value: T) -> impl Future<Output = Result<(), PutError<T>>> + Send + '_
+    where
+        T: Send,
+    {
+        let q = self.clone();
+        let mut value = Some(value);
+        crate::aio::Retry::new(
+            move || match value.take().map(|v| self.try_put(v)) {
+                Some(Err(PutError::Full(v))) => {
+                    value = Some(v);
+                    Poll::Pending
+                }
+                Some(r) => Poll::Ready(r),
+                // Polled again after it completed: nothing left to do.
+                None => Poll::Ready(Ok(())),
+            },
+            move |deadline| q.wait_room(deadline),
+        )
     }
 }
 

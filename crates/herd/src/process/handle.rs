@@ -2,7 +2,7 @@
 
 use std::io;
 use std::marker::PhantomData;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -137,6 +137,53 @@ impl<T: DeserializeOwned> Process<T> {
     /// Waits until `deadline`; `Ok(None)` if the child is still running.
     pub fn join_deadline(&mut self, deadline: Instant) -> Result<Option<T>, ProcessError> {
         self.join_until(Some(deadline))
+    }
+
+    /// [`join`](Self::join) for async code, on any runtime (tokio, smol,
+    /// ...): reads the result as it comes, resolves when the child ended.
+    /// See [`aio`](crate::aio) for how it waits.
+    pub fn join_async(&mut self) -> impl std::future::Future<Output = Result<T, ProcessError>> + '_
+    where
+        T: Send,
+    {
+        let fds: Arc<std::sync::Mutex<Vec<OwnedFd>>> = Arc::default();
+        let for_wait = Arc::clone(&fds);
+        crate::aio::Retry::new(
+            move || match self.try_join() {
+                Ok(Some(v)) => std::task::Poll::Ready(Ok(v)),
+                Err(e) => std::task::Poll::Ready(Err(e)),
+                Ok(None) => match self.ready_fds() {
+                    Ok(now) => {
+                        *fds.lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) = now;
+                        std::task::Poll::Pending
+                    }
+                    Err(source) => std::task::Poll::Ready(Err(ProcessError::Io {
+                        pid: self.pid(),
+                        source,
+                    })),
+                },
+            },
+            move |deadline| {
+                let fds = for_wait
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+                os::wait_readable(&borrowed, Some(deadline)).map_or(true, |r| r.contains(&true))
+            },
+        )
+    }
+
+    /// Copies of the descriptors `join` would wait on now.
+    fn ready_fds(&self) -> io::Result<Vec<OwnedFd>> {
+        let fds = if self.outcome.is_some() {
+            vec![self.record.pidfd()]
+        } else if self.reader.eof {
+            vec![self.record.exit_fd()]
+        } else {
+            vec![self.stream.as_fd(), self.record.exit_fd()]
+        };
+        fds.into_iter().map(os::dup).collect()
     }
 
     /// Returns the value if the child has finished; `Ok(None)` otherwise.

@@ -251,6 +251,36 @@ macro_rules! lock_type {
                 self.take(None, false)
             }
 
+            /// [`acquire`](Self::acquire) for async code, on any runtime.
+            /// The lock is taken on the polling thread (its guard is not
+            /// `Send`: hold it across an `.await` only on a single-threaded
+            /// executor); a dead holder is reported here as by `acquire`.
+            /// Between attempts a helper watches the lock and wakes the
+            /// task within about a millisecond of its release (see
+            /// [`aio`](crate::aio)).
+            pub fn acquire_async(&self) -> impl std::future::Future<Output = LockResult<$guard<'_>>> + '_ {
+                let core = Arc::clone(&self.core);
+                crate::aio::Retry::new(
+                    move || match self.try_acquire() {
+                        Err(LockError::WouldBlock) => std::task::Poll::Pending,
+                        r => std::task::Poll::Ready(r),
+                    },
+                    move |deadline| {
+                        let free = || core.raw().owner() == 0;
+                        if crate::backoff::poll_briefly(free) {
+                            return true;
+                        }
+                        while Instant::now() < deadline {
+                            if free() {
+                                return true;
+                            }
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        free()
+                    },
+                )
+            }
+
             /// Whether some thread (in any process) holds it now.
             pub fn is_locked(&self) -> bool {
                 self.core.raw().owner() != 0
