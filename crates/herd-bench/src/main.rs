@@ -3,8 +3,9 @@
 //! `cargo run --release -p herd-bench -- <suite> [--quick]` prints one JSON
 //! object per line:
 //! `{"suite":"spawn","case":"trivial","impl":"herd-forkserver","metric":"median_us","value":412.0,"unit":"us"}`.
-//! Suites: `spawn`, `sync`, `queue`, `pool`, `scaling` (or `all`). `--quick` keeps each suite under 30 seconds.
+//! Suites: `spawn`, `sync`, `queue`, `pool`, `scaling`, `io` (or `all`). `--quick` keeps each suite under 30 seconds.
 
+mod io;
 mod pool;
 mod queue;
 mod report;
@@ -14,7 +15,7 @@ mod sync;
 
 use std::process::ExitCode;
 
-const SUITES: &[&str] = &["spawn", "sync", "queue", "pool", "scaling"];
+const SUITES: &[&str] = &["spawn", "sync", "queue", "pool", "scaling", "io"];
 
 fn main() -> ExitCode {
     // Both are no-ops in the benchmark itself; in a child they run its task.
@@ -46,12 +47,14 @@ fn main() -> ExitCode {
         "queue" => queue::run(quick),
         "pool" => pool::run(quick),
         "scaling" => scaling::run(quick),
+        "io" => io::run(quick),
         "all" => {
             spawn::run(quick);
             sync::run(quick);
             queue::run(quick);
             pool::run(quick);
             scaling::run(quick);
+            io::run(quick);
         }
         other => {
             eprintln!(

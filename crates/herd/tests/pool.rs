@@ -864,6 +864,52 @@ fn progress_bar_and_events_on_a_map() -> Result<(), Failed> {
     })
 }
 
+fn closing_during_imap_keeps_the_work_in_flight() -> Result<(), Failed> {
+    each_backend(|b| {
+        let p = pool(b, 2);
+        let mut it = p.imap_chunked(square, 0..40u64, 1);
+        let first: Vec<_> = it.by_ref().take(3).collect();
+        p.close();
+        let rest: Vec<_> = it.collect();
+        let all: Vec<_> = first.into_iter().chain(rest).collect();
+        // Every chunk in flight at close finishes, in order; the input the
+        // closed pool could not take is one error at the end.
+        let oks = all.iter().take_while(|r| r.is_ok()).count();
+        check(oks >= 3, format!("{b:?}: {all:?}"))?;
+        check(
+            all[..oks]
+                .iter()
+                .enumerate()
+                .all(|(i, r)| *r == Ok((i * i) as u64)),
+            "in order",
+        )?;
+        check(
+            all.len() == 40 && oks == 40
+                || all.len() == oks + 1 && all[oks] == Err(TaskError::Closed),
+            format!("{b:?}: {} results, {oks} ok", all.len()),
+        )?;
+        Ok(())
+    })
+}
+
+fn a_stopped_worker_gives_up_its_queued_jobs() -> Result<(), Failed> {
+    let p = pool(Backend::Processes, 2);
+    let stopped = p.worker_pids()[0];
+    // SAFETY: kill sends a signal to our own worker.
+    unsafe {
+        libc::kill(stopped as i32, libc::SIGSTOP);
+    }
+    let rs: Vec<_> = (0..6u64).map(|i| p.apply_async(square, (i,))).collect();
+    for (i, r) in rs.into_iter().enumerate() {
+        check(r.get() == Ok((i * i) as u64), format!("task {i}"))?;
+    }
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(stopped as i32, libc::SIGCONT);
+    }
+    Ok(())
+}
+
 fn main() {
     herd::init();
     let args = Arguments::from_args();
@@ -930,6 +976,14 @@ fn main() {
         ),
         Trial::test("imap_on_a_closed_pool_ends", imap_on_a_closed_pool_ends),
         Trial::test("out_of_memory_is_an_error", out_of_memory_is_an_error),
+        Trial::test(
+            "closing_during_imap_keeps_the_work_in_flight",
+            closing_during_imap_keeps_the_work_in_flight,
+        ),
+        Trial::test(
+            "a_stopped_worker_gives_up_its_queued_jobs",
+            a_stopped_worker_gives_up_its_queued_jobs,
+        ),
         Trial::test(
             "a_lying_size_hint_is_harmless",
             a_lying_size_hint_is_harmless,

@@ -1212,10 +1212,20 @@ where
 
     fn top_up(&mut self) {
         if !self.exhausted && self.pool.is_closed() {
-            // As Python raises at the call: one error, then the end, rather
-            // than an endless input turned into endless errors.
+            // Input left that the closed pool cannot take: one error, in
+            // its place after the chunks already in flight, then the end
+            // (rather than an endless input turned into endless errors).
             self.exhausted = true;
-            self.ready.push_back(Err(TaskError::Closed));
+            if self.input.next().is_some() {
+                let seq = self.submitted;
+                self.submitted += 1;
+                self.shared
+                    .done
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .chunks
+                    .insert(seq, vec![Err(TaskError::Closed)]);
+            }
             return;
         }
         while !self.exhausted && self.submitted - self.received < self.window {

@@ -38,8 +38,12 @@ const REAP: Duration = Duration::from_secs(2);
 /// it is this much past the deadline without a word (a stopped worker).
 const BACKSTOP: Duration = Duration::from_secs(1);
 /// Workers that die before they are ready, in a row, before the pool gives
-/// up on starting more.
+/// up on starting more (SIGKILLs, which may come from outside — an
+/// operator, the OOM killer — count a quarter).
 const EARLY_DEATHS: u32 = 3;
+/// A worker silent this long while holding an untaken job gives it up to an
+/// idle worker.
+const SILENT: Duration = Duration::from_millis(100);
 
 /// A job as it travels to a worker.
 #[derive(Debug, Serialize, Deserialize)]
@@ -237,7 +241,11 @@ fn watch(dog: &Watchdog, results: &Queue<Msg>, pid: u32) {
                 if left.is_zero() {
                     let _ = results.try_put(Msg::TimedOut { pid, id });
                     os::signal_own_group(Signal::KILL);
-                    return;
+                    // Never disarm (a failed kill must not let the job's
+                    // result through); the parent's backstop ends us.
+                    loop {
+                        std::thread::park();
+                    }
                 }
                 armed = dog
                     .cv
@@ -365,6 +373,8 @@ struct Worker {
     ready: bool,
     /// The job its watchdog reported over time.
     timed_out: Option<u64>,
+    /// When it last sent a message (or was started).
+    heard: Instant,
 }
 
 struct State {
@@ -377,6 +387,8 @@ struct State {
     broken: Option<TaskError>,
     /// Workers that died before they were ready, in a row.
     early_deaths: u32,
+    /// Workers being started (outside the lock).
+    starting: usize,
     /// Threads waiting on `changed` (in `join`).
     joiners: usize,
     /// The manager has exited and every worker is gone.
@@ -390,8 +402,30 @@ struct Shared {
     cfg: Config,
 }
 
-/// Completions to run once the state lock is released.
-type Ready = Vec<(Completion, JobResult)>;
+/// Completions to run once the state lock is released. Dropped with some
+/// left (the manager unwinding), it fails them rather than leave their
+/// callers waiting forever.
+#[derive(Default)]
+struct Ready(Vec<(Completion, JobResult)>);
+
+impl Ready {
+    fn new() -> Self {
+        Self::default()
+    }
+
+    fn push(&mut self, item: (Completion, JobResult)) {
+        self.0.push(item);
+    }
+}
+
+impl Drop for Ready {
+    fn drop(&mut self) {
+        for (done, _) in self.0.drain(..) {
+            let error = TaskError::Internal("the pool's manager failed".to_owned());
+            let _ = catch_unwind(AssertUnwindSafe(move || done(JobResult::Failed(error))));
+        }
+    }
+}
 
 /// What a dead worker's status says about the job it was running.
 fn death_error(pid: u32, status: Option<ExitStatus>) -> TaskError {
@@ -433,6 +467,7 @@ impl Shared {
             started: None,
             ready: false,
             timed_out: None,
+            heard: Instant::now(),
         })
     }
 
@@ -478,6 +513,10 @@ impl Shared {
         let worker = &mut st.workers[w];
         match worker.tasks.try_put_encoded(bytes) {
             Ok(()) => {
+                if worker.inflight.is_empty() {
+                    // Busy from now: its silence counts from here.
+                    worker.heard = Instant::now();
+                }
                 worker.sent += 1;
                 worker.inflight.push_back(Flight {
                     id: job.id,
@@ -531,8 +570,16 @@ impl Shared {
             if !st.workers[idle].inflight.is_empty() || !self.has_room(&st.workers[idle]) {
                 continue;
             }
+            // A worker holding two or more jobs, or one that has said
+            // nothing for a while (stopped, frozen): its untaken jobs are
+            // better off at an idle worker.
             let donor = (0..st.workers.len())
-                .filter(|&i| st.workers[i].inflight.len() >= 2 && !st.workers[i].tasks.is_empty())
+                .filter(|&i| {
+                    let w = &st.workers[i];
+                    i != idle
+                        && !w.tasks.is_empty()
+                        && (w.inflight.len() >= 2 || w.heard.elapsed() >= SILENT)
+                })
                 .max_by_key(|&i| st.workers[i].inflight.len());
             let Some(d) = donor else { break };
             let Ok(wire) = st.workers[d].tasks.try_get() else {
@@ -560,6 +607,17 @@ impl Shared {
 
     /// Handles one message from the results queue.
     fn handle(&self, st: &mut State, ready: &mut Ready, msg: Msg) {
+        let from = match &msg {
+            Msg::Ready { pid }
+            | Msg::Started { pid, .. }
+            | Msg::Done { pid, .. }
+            | Msg::TimedOut { pid, .. }
+            | Msg::InitFailed { pid, .. } => Some(*pid),
+            Msg::Wake => None,
+        };
+        if let Some(w) = from.and_then(|pid| st.workers.iter_mut().find(|w| w.pid == pid)) {
+            w.heard = Instant::now();
+        }
         match msg {
             Msg::Wake => {}
             Msg::Ready { pid } => {
@@ -641,18 +699,17 @@ impl Shared {
             Err(_) => None,
         };
         if !worker.ready && !st.terminated {
-            st.early_deaths += 1;
-            if st.early_deaths >= EARLY_DEATHS && st.broken.is_none() {
+            // Counted in quarters: a SIGKILL may come from outside (an
+            // operator, the OOM killer) and weighs a quarter.
+            let killed = matches!(status, Some(ExitStatus::Signaled(s)) if s == Signal::KILL);
+            st.early_deaths += if killed { 1 } else { 4 };
+            if st.early_deaths >= 4 * EARLY_DEATHS && st.broken.is_none() {
                 let how = status.map_or("ended".to_owned(), |s| s.to_string());
-                st.broken = Some(if self.cfg.init.is_some() {
-                    TaskError::Initializer(format!(
-                        "{EARLY_DEATHS} workers in a row died before they were ready \
-                         (the last: {how}); the initializer crashes?"
-                    ))
+                let text = format!("workers keep dying before they are ready (the last: {how})");
+                st.broken = Some(if self.cfg.init.is_some() && !killed {
+                    TaskError::Initializer(format!("{text}; the initializer crashes?"))
                 } else {
-                    TaskError::WorkerStart(format!(
-                        "{EARLY_DEATHS} workers in a row died before they were ready (the last: {how})"
-                    ))
+                    TaskError::WorkerStart(text)
                 });
             }
         }
@@ -680,8 +737,15 @@ impl Shared {
                 continue;
             }
             // Taken and unanswered: the job it died running.
+            let overran = |after: Duration| {
+                worker
+                    .started
+                    .is_some_and(|(id, since)| id == flight.id && since.elapsed() >= after)
+            };
             let error = match (worker.timed_out, flight.timeout) {
                 (Some(id), Some(after)) if id == flight.id => TaskError::TimedOut(after),
+                // Its report was lost, but it was killed past its deadline.
+                (None, Some(after)) if overran(after) => TaskError::TimedOut(after),
                 _ => death_error(pid, status),
             };
             st.outstanding = st.outstanding.saturating_sub(1);
@@ -757,30 +821,59 @@ impl Shared {
         next
     }
 
-    /// Starts workers up to the pool's size while there is work to do.
-    fn replenish(&self, st: &mut State, ready: &mut Ready) {
-        if st.terminated {
-            return;
-        }
-        if let Some(error) = st.broken.clone() {
-            while let Some(job) = st.pending.pop_front() {
-                self.fail(st, ready, job.id, job.done, error.clone());
+    /// Starts workers up to the pool's size while there is work to do. A
+    /// start takes milliseconds (longer with a large initializer argument),
+    /// so it happens without the state lock: the slots are reserved under
+    /// it, the workers started outside it.
+    fn replenish(&self) -> Ready {
+        let mut ready = Ready::new();
+        let want = {
+            let mut st = self.lock();
+            if st.terminated {
+                return ready;
             }
-            return;
-        }
-        while st.workers.len() < self.cfg.size && !(st.closed && st.pending.is_empty()) {
+            if let Some(error) = st.broken.clone() {
+                while let Some(job) = st.pending.pop_front() {
+                    self.fail(&mut st, &mut ready, job.id, job.done, error.clone());
+                }
+                return ready;
+            }
+            if st.closed && st.pending.is_empty() {
+                return ready;
+            }
+            let want = self.cfg.size.saturating_sub(st.workers.len() + st.starting);
+            st.starting += want;
+            want
+        };
+        let mut started = Vec::with_capacity(want);
+        let mut failure = None;
+        for _ in 0..want {
             match self.spawn_worker() {
-                Ok(w) => st.workers.push(w),
-                Err(error) => {
-                    if st.workers.is_empty() {
-                        while let Some(job) = st.pending.pop_front() {
-                            self.fail(st, ready, job.id, job.done, error.clone());
-                        }
-                    }
+                Ok(w) => started.push(w),
+                Err(e) => {
+                    failure = Some(e);
                     break;
                 }
             }
         }
+        let mut st = self.lock();
+        st.starting -= want;
+        if st.terminated {
+            for w in &mut started {
+                let _ = w.proc.kill();
+            }
+            return ready;
+        }
+        st.workers.extend(started);
+        if let Some(error) = failure
+            && st.workers.is_empty()
+        {
+            while let Some(job) = st.pending.pop_front() {
+                self.fail(&mut st, &mut ready, job.id, job.done, error.clone());
+            }
+        }
+        self.dispatch(&mut st, &mut ready);
+        ready
     }
 
     /// Fails everything and stops (the manager could not go on).
@@ -807,8 +900,8 @@ impl Shared {
     }
 }
 
-fn run_ready(ready: Ready) {
-    for (done, result) in ready {
+fn run_ready(mut ready: Ready) {
+    for (done, result) in ready.0.drain(..) {
         // A completion runs the caller's `Deserialize`; a panic there must
         // not take the manager down (the completion reports it itself).
         let _ = catch_unwind(AssertUnwindSafe(move || done(result)));
@@ -852,25 +945,32 @@ fn manage_loop(shared: &Shared) {
             next_deadline = shared.check_deadlines(&mut st, &mut ready);
             last_check = Instant::now();
         }
-        shared.replenish(&mut st, &mut ready);
         shared.dispatch(&mut st, &mut ready);
+        let short = !st.closed && st.workers.len() + st.starting < shared.cfg.size
+            || !st.pending.is_empty();
         let done = st.closed && st.outstanding == 0 && st.pending.is_empty();
-        if done {
-            for w in &st.workers {
-                w.tasks.close();
-            }
-            for w in &mut st.workers {
-                if !matches!(w.proc.join_timeout(REAP), Ok(Some(()))) {
-                    let _ = w.proc.kill();
-                }
-            }
-            st.workers.clear();
-            st.finished = true;
-        }
+        let leaving = if done {
+            std::mem::take(&mut st.workers)
+        } else {
+            Vec::new()
+        };
         // std's notify makes a system call even with nobody waiting.
         let joiners = st.joiners > 0;
         drop(st);
         run_ready(ready);
+        if short {
+            run_ready(shared.replenish());
+        }
+        if done {
+            // Out of the lock: each may take a moment to exit.
+            for mut w in leaving {
+                w.tasks.close();
+                if !matches!(w.proc.join_timeout(REAP), Ok(Some(()))) {
+                    let _ = w.proc.kill();
+                }
+            }
+            shared.lock().finished = true;
+        }
         if joiners || done {
             shared.changed.notify_all();
         }
@@ -898,6 +998,7 @@ impl Engine {
                 terminated: false,
                 broken: None,
                 early_deaths: 0,
+                starting: 0,
                 joiners: 0,
                 finished: false,
             }),
