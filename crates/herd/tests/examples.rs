@@ -364,3 +364,18 @@ fn s10_non_daemon_threads_are_waited_for_daemons_are_not() {
         "daemon threads outlived the program: {lines:#?}"
     );
 }
+
+#[test]
+fn io_bound_coroutines_threads_and_offloaded_cpu_work() {
+    let mut cmd = Command::new(example("io_bound"));
+    cmd.env("HERD_EXAMPLE_SLEEP_MS", "40")
+        .env("HERD_EXAMPLE_WAITS", "2000");
+    let (status, out) = herd_testkit::run_guarded(cmd).expect("run example");
+    assert!(status.success(), "io_bound failed: {status:?}\n{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("2000 coroutines waited"), "{out}");
+    assert!(lines[1].starts_with("2000 threads waited"), "{out}");
+    // crunch(2_000_000) computed in a worker process, checked here.
+    let want: u64 = (1..=2_000_000u64).map(|i| i * i % 1_000_007).sum();
+    assert!(lines[2].contains(&format!(": {want} ")), "{out}");
+}
