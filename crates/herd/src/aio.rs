@@ -12,10 +12,12 @@
 //!
 //! Helper threads come from a small elastic set shared by the process:
 //! started on demand, reused, and gone after ten idle seconds. A dropped
-//! future's helper notices within 100 ms and returns to the set. Each
+//! future's helper notices within 25 ms and returns to the set. Each
 //! pending wait holds one helper: this suits tens to hundreds of concurrent
 //! waits on herd objects, not tens of thousands (an async runtime's own
-//! timers and sockets, which coroutines use for IO, are unaffected).
+//! timers and sockets, which coroutines use for IO, are unaffected). A loop
+//! that keeps dropping a wait and starting a new one (a `select!` against a
+//! 1 ms timer) keeps up to one helper per 1 ms busy for those 25 ms.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -26,7 +28,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 /// How long a helper waits before it checks whether its future is gone.
-const SLICE: Duration = Duration::from_millis(100);
+const SLICE: Duration = Duration::from_millis(25);
 /// How long an idle helper thread stays.
 const IDLE: Duration = Duration::from_secs(10);
 
@@ -43,31 +45,25 @@ static HELPERS: Mutex<Helpers> = Mutex::new(Helpers {
 });
 static WORK: Condvar = Condvar::new();
 
-/// Runs `job` on a helper thread.
-fn unblock(job: Job) {
+/// Runs `job` on a helper thread; false if no thread could be started (the
+/// job then waits for a later helper).
+fn unblock(job: Job) -> bool {
     let mut h = HELPERS.lock().unwrap_or_else(PoisonError::into_inner);
     h.jobs.push_back(job);
-    if h.idle > 0 {
+    // Every queued job needs a helper of its own (a wait may last long):
+    // start one unless enough are idle.
+    if h.jobs.len() <= h.idle {
         drop(h);
         WORK.notify_one();
-        return;
+        return true;
     }
     drop(h);
     let started = std::thread::Builder::new()
         .name("herd-async-helper".to_owned())
         .spawn(helper);
-    if started.is_err() {
-        // No thread to be had: run it here rather than lose the wake-up
-        // (it blocks this caller for at most one slice).
-        let job = HELPERS
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .jobs
-            .pop_front();
-        if let Some(job) = job {
-            job();
-        }
-    }
+    // On failure the job stays queued for a later helper; the caller
+    // cancels it and retries without one.
+    started.is_ok()
 }
 
 fn helper() {
@@ -159,7 +155,7 @@ where
         });
         this.pending = Some(Arc::clone(&pending));
         let wait = Arc::clone(&this.wait);
-        unblock(Box::new(move || {
+        let helped = unblock(Box::new(move || {
             loop {
                 if pending.cancelled.load(Ordering::Acquire) {
                     return;
@@ -177,6 +173,14 @@ where
                 w.wake();
             }
         }));
+        if !helped {
+            // No thread to wait on: try again at the executor's next turn
+            // (busy, but never blocked and never lost).
+            if let Some(p) = this.pending.take() {
+                p.cancelled.store(true, Ordering::Release);
+            }
+            cx.waker().wake_by_ref();
+        }
         Poll::Pending
     }
 }

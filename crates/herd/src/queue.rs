@@ -538,17 +538,25 @@ impl<T> Queue<T> {
     /// Waits (up to `deadline`) until an item is there or the queue is
     /// closed, taking nothing; true when either holds. For `get_async`.
     fn wait_item(&self, deadline: Instant) -> bool {
-        self.wait_for(deadline, self.not_empty(), self.sleeping_getters(), |q| {
+        let seen = self.wait_for(deadline, self.not_empty(), self.sleeping_getters(), |q| {
             q.count().load(Ordering::Relaxed) > 0
-        })
+        });
+        if seen && self.lock(Some(deadline)) {
+            // A put wakes one sleeper; this helper may have been it, for a
+            // future that is gone. Pass the wake on to any getter still
+            // asleep (at worst it wakes, looks, and sleeps again).
+            self.signal(self.not_empty(), self.sleeping_getters(), false);
+            self.unlock();
+        }
+        seen
     }
 
-    /// Waits (up to `deadline`) until there may be room for a message, or
-    /// the queue is closed. For `put_async`.
-    fn wait_room(&self, deadline: Instant) -> bool {
+    /// Waits (up to `deadline`) until there is room for a message of `len`
+    /// encoded bytes, or the queue is closed. For `put_async`.
+    fn wait_room(&self, deadline: Instant, len: u64) -> bool {
         self.wait_for(deadline, self.not_full(), self.sleeping_putters(), |q| {
             let count = q.count().load(Ordering::Relaxed);
-            (q.maxsize == 0 || count < q.maxsize) && q.used().is_some_and(|u| u + 64 < q.cap)
+            (q.maxsize == 0 || count < q.maxsize) && q.used().is_some_and(|u| u + 4 + len <= q.cap)
         })
     }
 
@@ -675,9 +683,15 @@ impl<T: Serialize + 'static> Queue<T> {
     {
         let q = self.clone();
         let mut value = Some(value);
+        // The encoded size, learned the first time the queue is full, so
+        // the helper waits for room for this message, not for any room.
+        let need = Arc::new(AtomicU64::new(0));
+        let needed = Arc::clone(&need);
         crate::aio::Retry::new(
             move || match value.take().map(|v| self.try_put(v)) {
                 Some(Err(PutError::Full(v))) => {
+                    let len = crate::task::encode(&v).map_or(0, |b| b.len() as u64);
+                    need.store(len, Ordering::Release);
                     value = Some(v);
                     Poll::Pending
                 }
@@ -685,7 +699,7 @@ impl<T: Serialize + 'static> Queue<T> {
                 // Polled again after it completed: nothing left to do.
                 None => Poll::Ready(Ok(())),
             },
-            move |deadline| q.wait_room(deadline),
+            move |deadline| q.wait_room(deadline, needed.load(Ordering::Acquire)),
         )
     }
 }

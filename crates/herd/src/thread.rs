@@ -19,10 +19,19 @@
 //!
 //! As in Python, a program waits at exit for its **non-daemon** threads
 //! and not for its daemon ones. Rust alone ends every thread when `main`
-//! returns; herd arranges Python's rule with an exit handler (`atexit`),
-//! armed when the first non-daemon thread starts: when `main` returns or
-//! [`std::process::exit`] is called, the handler waits until every
-//! non-daemon thread started through [`Builder`] or [`spawn`] has finished.
+//! returns; herd arranges Python's rule with its exit handler (`atexit`),
+//! armed when the first non-daemon thread or child process starts: when
+//! `main` returns or [`std::process::exit`] is called, the handler waits
+//! until every non-daemon thread started through [`Builder`] or [`spawn`]
+//! has finished (threads they start meanwhile included), and only then
+//! deals with child processes (daemons terminated, others waited for) —
+//! Python's order. A non-daemon thread that itself calls `exit` is not
+//! waited for by the handler it runs.
+//!
+//! One case cannot be helped: a non-daemon thread that calls
+//! `std::process::exit` *while* the program is already exiting blocks
+//! forever (Rust lets one thread run `exit`), so the handler waiting for it
+//! never finishes. Make such threads daemons, or have them return.
 //! Daemon threads are not waited for and end with the process. (Threads
 //! started with plain `std::thread::spawn` are not herd's to wait for: Rust
 //! ends them at exit, as before.) A non-daemon thread that never ends keeps
@@ -33,7 +42,7 @@ use std::fmt;
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Once, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -96,33 +105,53 @@ impl Finish {
     }
 }
 
-/// Non-daemon threads still to wait for at exit.
-static NON_DAEMON: Mutex<Vec<Arc<Finish>>> = Mutex::new(Vec::new());
-/// The pid that armed the exit handler (a forked child inherits the
-/// handler but none of the threads).
-static ARMED_BY: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+/// One non-daemon thread to wait for at exit.
+struct Waited {
+    finish: Arc<Finish>,
+    id: std::thread::ThreadId,
+}
 
-extern "C" fn wait_for_non_daemon_threads() {
-    if ARMED_BY.load(Ordering::SeqCst) != std::process::id() {
-        return;
-    }
-    let threads = std::mem::take(&mut *NON_DAEMON.lock().unwrap_or_else(PoisonError::into_inner));
-    for t in threads {
-        t.wait_until(None);
+/// Non-daemon threads still to wait for at exit, and the pid they belong
+/// to (a process forked from this one inherits the list, not the threads).
+static NON_DAEMON: Mutex<(u32, Vec<Waited>)> = Mutex::new((0, Vec::new()));
+
+/// Called by herd's exit handler: waits for every non-daemon thread of this
+/// process, including those started while waiting, except the thread that
+/// is exiting (it would wait for itself).
+pub(crate) fn wait_non_daemon_at_exit() {
+    let me = std::thread::current().id();
+    let pid = std::process::id();
+    loop {
+        let batch = {
+            let mut list = NON_DAEMON.lock().unwrap_or_else(PoisonError::into_inner);
+            if list.0 != pid {
+                return;
+            }
+            std::mem::take(&mut list.1)
+        };
+        let batch: Vec<Waited> = batch.into_iter().filter(|w| w.id != me).collect();
+        if batch.is_empty() {
+            return;
+        }
+        for w in batch {
+            w.finish.wait_until(None);
+        }
     }
 }
 
-fn register_non_daemon(finish: &Arc<Finish>) {
-    static ARM: Once = Once::new();
-    ARM.call_once(|| {
-        ARMED_BY.store(std::process::id(), Ordering::SeqCst);
-        // Nothing to do on failure: the threads then end with the process,
-        // as plain Rust threads do.
-        let _ = os::at_exit(wait_for_non_daemon_threads);
-    });
+fn register_non_daemon(finish: &Arc<Finish>, id: std::thread::ThreadId) {
+    crate::process::arm_exit_handler();
+    let pid = std::process::id();
     let mut list = NON_DAEMON.lock().unwrap_or_else(PoisonError::into_inner);
-    list.retain(|f| !f.is_set());
-    list.push(Arc::clone(finish));
+    if list.0 != pid {
+        // First use in this process (or a fork of one that used it).
+        *list = (pid, Vec::new());
+    }
+    list.1.retain(|w| !w.finish.is_set());
+    list.1.push(Waited {
+        finish: Arc::clone(finish),
+        id,
+    });
 }
 
 /// Configures a thread: Python's `Thread(name=..., daemon=...)`.
@@ -175,29 +204,36 @@ impl Builder {
         if let Some(bytes) = self.stack_size {
             std_builder = std_builder.stack_size(bytes);
         }
-        let (slot, fin) = (Arc::clone(&result), Arc::clone(&finish));
-        if !self.daemon {
-            register_non_daemon(&finish);
+        if name.contains('\0') {
+            // std would panic on it.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a thread name cannot contain a NUL byte",
+            ));
         }
+        let (slot, fin) = (Arc::clone(&result), Arc::clone(&finish));
         let spawned = std_builder.spawn(move || {
             let out = catch_unwind(AssertUnwindSafe(f)).map_err(|p| PanicReport::from_payload(&*p));
             *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(out);
             fin.set();
         });
         match spawned {
-            Ok(inner) => Ok(JoinHandle {
-                result,
-                finish,
-                name,
-                daemon: self.daemon,
-                thread: inner.thread().clone(),
-                joined: false,
-            }),
-            Err(e) => {
-                // Never started: nothing to wait for at exit.
-                finish.set();
-                Err(e)
+            Ok(inner) => {
+                if !self.daemon {
+                    // Registered by the spawning thread before `spawn`
+                    // returns: the exit it could race is its own.
+                    register_non_daemon(&finish, inner.thread().id());
+                }
+                Ok(JoinHandle {
+                    result,
+                    finish,
+                    name,
+                    daemon: self.daemon,
+                    thread: inner.thread().clone(),
+                    joined: false,
+                })
             }
+            Err(e) => Err(e),
         }
     }
 }

@@ -194,6 +194,79 @@ fn lock_acquire_async_waits_and_reports_a_dead_holder() -> Result<(), Failed> {
     })
 }
 
+fn two_waits_at_once_both_wake() -> Result<(), Failed> {
+    on_each_runtime(|| async {
+        let (q1, q2): (Queue<u32>, Queue<u32>) = (Queue::new()?, Queue::new()?);
+        let mut first = Box::pin(q1.get_async());
+        let mut second = Box::pin(q2.get_async());
+        check(
+            futures_lite::future::poll_once(&mut first).await.is_none(),
+            "first waits",
+        )?;
+        check(
+            futures_lite::future::poll_once(&mut second).await.is_none(),
+            "second waits",
+        )?;
+        // Only the second queue gets an item: its wait must not be stuck
+        // behind the first's on one helper.
+        q2.put(2)?;
+        check(second.await? == 2, "second woke")?;
+        q1.put(1)?;
+        check(first.await? == 1, "first woke")
+    })
+}
+
+fn put_async_waits_for_bytes_of_room() -> Result<(), Failed> {
+    on_each_runtime(|| async {
+        let q: Queue<Vec<u8>> = Queue::builder().capacity_bytes(4096).build()?;
+        while q.try_put(vec![7u8; 1000]).is_ok() {}
+        let mut put = Box::pin(q.put_async(vec![8u8; 1000]));
+        check(
+            futures_lite::future::poll_once(&mut put).await.is_none(),
+            "the ring is full: the put waits",
+        )?;
+        check(q.get_timeout(GUARD)? == vec![7u8; 1000], "made room")?;
+        put.await.map_err(|e| format!("{e}"))?;
+        Ok(())
+    })
+}
+
+/// On one thread, two tasks contend for a lock held across an `.await`:
+/// the second waits (no `Deadlock`, no re-entry), then gets it.
+fn acquire_async_on_a_single_threaded_executor() -> Result<(), Failed> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let lock = Lock::new()?;
+    let rlock = herd::sync::RLock::new()?;
+    let inside = std::cell::Cell::new(0u32);
+    rt.block_on(async {
+        let task = |name: &'static str| {
+            let (lock, rlock, inside) = (&lock, &rlock, &inside);
+            async move {
+                let g = lock
+                    .acquire_async()
+                    .await
+                    .map_err(|e| format!("{name}: {e}"))?;
+                let r = rlock
+                    .acquire_async()
+                    .await
+                    .map_err(|e| format!("{name}: {e}"))?;
+                inside.set(inside.get() + 1);
+                check(inside.get() == 1, format!("{name}: alone inside"))?;
+                tokio::task::yield_now().await;
+                inside.set(inside.get() - 1);
+                drop(r);
+                drop(g);
+                Ok::<(), Failed>(())
+            }
+        };
+        let (a, b) = tokio::join!(task("a"), task("b"));
+        a?;
+        b
+    })
+}
+
 fn main() {
     herd::init();
     let args = Arguments::from_args();
@@ -214,6 +287,15 @@ fn main() {
         Trial::test(
             "lock_acquire_async_waits_and_reports_a_dead_holder",
             lock_acquire_async_waits_and_reports_a_dead_holder,
+        ),
+        Trial::test("two_waits_at_once_both_wake", two_waits_at_once_both_wake),
+        Trial::test(
+            "put_async_waits_for_bytes_of_room",
+            put_async_waits_for_bytes_of_room,
+        ),
+        Trial::test(
+            "acquire_async_on_a_single_threaded_executor",
+            acquire_async_on_a_single_threaded_executor,
         ),
     ];
     libtest_mimic::run(&args, tests).exit();

@@ -1056,6 +1056,25 @@ fn role(name: &str) -> ! {
     }
 }
 
+/// A non-daemon thread calls `exit` while its process's main task waits
+/// for it: the exit handler must not wait for the exiting thread itself.
+#[herd::task]
+fn exit_from_a_thread(code: i32) {
+    let t = herd::thread::Builder::new()
+        .name("exiter")
+        .spawn(move || std::process::exit(code))
+        .expect("spawn");
+    let _ = t.join();
+}
+
+fn a_thread_that_exits_does_not_hang_the_exit() -> Result<(), Failed> {
+    let mut p = herd::spawn(exit_from_a_thread, (3,))?;
+    match p.join_timeout(GUARD) {
+        Err(ProcessError::ExitedWithoutResult { code: 3, .. }) => Ok(()),
+        other => Err(format!("{other:?}").into()),
+    }
+}
+
 fn main() {
     if std::env::var("HERD_TEST_ROLE").as_deref() == Ok("no-init") {
         // Deliberately no herd::init(): start must refuse.
@@ -1083,6 +1102,10 @@ fn main() {
         .and_then(|e| Some(e.parent()?.parent()?.join("examples").join("s4_globals")))
         .is_some_and(|p| p.exists());
     let tests = vec![
+        Trial::test(
+            "a_thread_that_exits_does_not_hang_the_exit",
+            a_thread_that_exits_does_not_hang_the_exit,
+        ),
         Trial::test("typed_result", typed_result),
         Trial::test(
             "large_payloads_do_not_deadlock",

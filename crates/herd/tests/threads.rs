@@ -56,3 +56,12 @@ fn a_panic_is_an_error_with_its_location() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_nul_in_a_name_is_an_error_not_a_panic() {
+    let r = Builder::new().name("bad\0name").spawn(|| 1);
+    assert_eq!(
+        r.map(|_| ()).map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::InvalidInput)
+    );
+}

@@ -285,13 +285,8 @@ static CHILDREN: Mutex<Vec<Arc<ChildRecord>>> = Mutex::new(Vec::new());
 
 /// Adds a started child to the table (and arms the exit handler).
 pub(crate) fn register(record: Arc<ChildRecord>) {
-    static AT_EXIT: Once = Once::new();
-    AT_EXIT.call_once(|| {
-        ARMED_BY.store(std::process::id(), std::sync::atomic::Ordering::SeqCst);
-        // Without the handler, daemon children would still die with us
-        // (their watchdog), only less politely; nothing to do on failure.
-        let _ = os::at_exit(on_exit);
-    });
+    arm_exit_handler();
+    ARMED_BY.store(std::process::id(), std::sync::atomic::Ordering::SeqCst);
     let mut children = lock(&CHILDREN);
     sweep(&mut children);
     children.push(record);
@@ -351,7 +346,22 @@ static ARMED_BY: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::ne
 /// (Python's order and behaviour). While waiting it discards whatever a
 /// child still sends, so a child blocked writing a large result to a handle
 /// nobody will join can finish instead of hanging the exit.
+/// Arms herd's one exit handler (once per program). One handler, so the
+/// order is fixed whoever armed it first: non-daemon threads are waited for
+/// first (they may still be using children, as in Python, whose threading
+/// shutdown runs before multiprocessing's), then children are handled.
+pub(crate) fn arm_exit_handler() {
+    static AT_EXIT: Once = Once::new();
+    AT_EXIT.call_once(|| {
+        // Without the handler, daemon children would still die with us
+        // (their watchdog), only less politely, and threads would end with
+        // the process as plain Rust threads do; nothing to do on failure.
+        let _ = os::at_exit(on_exit);
+    });
+}
+
 extern "C" fn on_exit() {
+    crate::thread::wait_non_daemon_at_exit();
     if ARMED_BY.load(std::sync::atomic::Ordering::SeqCst) != std::process::id() {
         return;
     }

@@ -13,6 +13,7 @@ mod status;
 
 pub use builder::{ProcessBuilder, StartMethod, Stdio, set_start_method, spawn, start_method};
 pub use child::{CurrentProcess, current_process, init};
+pub(crate) use children::arm_exit_handler;
 pub use children::{ChildInfo, active_children};
 pub use error::{ProcessError, Refusal, StartError};
 pub use forkserver::forkserver_pid;

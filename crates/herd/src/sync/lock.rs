@@ -254,16 +254,28 @@ macro_rules! lock_type {
             /// [`acquire`](Self::acquire) for async code, on any runtime.
             /// The lock is taken on the polling thread (its guard is not
             /// `Send`: hold it across an `.await` only on a single-threaded
-            /// executor); a dead holder is reported here as by `acquire`.
+            /// executor, where other tasks then wait for it); it never
+            /// re-enters, even an `RLock`. A dead holder is reported here as
+            /// by `acquire`.
             /// Between attempts a helper watches the lock and wakes the
             /// task within about a millisecond of its release (see
             /// [`aio`](crate::aio)).
             pub fn acquire_async(&self) -> impl std::future::Future<Output = LockResult<$guard<'_>>> + '_ {
                 let core = Arc::clone(&self.core);
+                let mine = Arc::clone(&self.core);
                 crate::aio::Retry::new(
-                    move || match self.try_acquire() {
-                        Err(LockError::WouldBlock) => std::task::Poll::Pending,
-                        r => std::task::Poll::Ready(r),
+                    move || {
+                        // Held by this thread: on a single-threaded executor
+                        // that is another task (or this one, re-entering), so
+                        // wait like anyone else; never re-enter, never report
+                        // a deadlock for a task that merely has to wait.
+                        if mine.raw().owner() == crate::os::gettid() {
+                            return std::task::Poll::Pending;
+                        }
+                        match self.try_acquire() {
+                            Err(LockError::WouldBlock) => std::task::Poll::Pending,
+                            r => std::task::Poll::Ready(r),
+                        }
                     },
                     move |deadline| {
                         let free = || core.raw().owner() == 0;
