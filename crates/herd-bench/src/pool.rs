@@ -264,9 +264,11 @@ pub(crate) fn run(quick: bool) {
         let herd_t = best(n, |n| herd_case(&threads, case, n));
         let ray = best(n, |n| rayon_case(&tp, case, n));
         // procspawn has no map; its apply cases are its whole API. Its
-        // tasks are slower, so it runs a tenth of the items.
+        // tasks are slower, so it runs a tenth of the items, at most 2 000:
+        // each of its pending tasks holds file descriptors, and beyond a
+        // few thousand it panics inside ("Too many open files").
         let peer = match (&ps, case.starts_with("apply")) {
-            (Some(ps), true) => best((n / 10).max(100), |n| procspawn_case(ps, case, n)),
+            (Some(ps), true) => best((n / 10).clamp(100, 2_000), |n| procspawn_case(ps, case, n)),
             _ => None,
         };
         let py_n = if case == "map_auto" {
