@@ -137,6 +137,7 @@
 pub mod aio;
 mod backoff;
 mod ipc;
+pub mod manager;
 mod os;
 mod pipe;
 pub mod pool;

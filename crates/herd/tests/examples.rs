@@ -379,3 +379,47 @@ fn io_bound_coroutines_threads_and_offloaded_cpu_work() {
     let want: u64 = (1..=2_000_000u64).map(|i| i * i % 1_000_007).sum();
     assert!(lines[2].contains(&format!(": {want} ")), "{out}");
 }
+
+#[test]
+fn task_master_and_workers_lose_no_task_when_a_worker_dies() {
+    use std::process::Stdio;
+    // A free port for this run.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut master = Command::new(example("task_master"))
+        .env("HERD_MANAGER_ADDR", &addr)
+        .env("HERD_MANAGER_KEY", "k3y-for-the-test")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("master");
+    let worker = |args: &[&str]| {
+        let mut cmd = Command::new(example("task_worker"));
+        cmd.args(args)
+            .env("HERD_MANAGER_ADDR", &addr)
+            .env("HERD_MANAGER_KEY", "k3y-for-the-test");
+        herd_testkit::run_guarded(cmd).expect("worker")
+    };
+    // The first worker takes a task and dies without finishing it.
+    let (status, out) = worker(&["--die-after-get"]);
+    assert_eq!(status.code(), Some(3), "{out}");
+    let (status, out) = worker(&[]);
+    assert!(status.success(), "{out}");
+    let mut text = String::new();
+    std::io::Read::read_to_string(master.stdout.as_mut().expect("stdout"), &mut text)
+        .expect("read");
+    assert!(master.wait().expect("wait").success(), "{text}");
+    let results: Vec<&str> = text.lines().filter(|l| l.starts_with("Result: ")).collect();
+    assert_eq!(results.len(), 10, "{text}");
+    for r in results {
+        let (lhs, rhs) = r["Result: ".len()..].split_once(" = ").expect("n * n = r");
+        let n: u64 = lhs
+            .split(" * ")
+            .next()
+            .and_then(|x| x.parse().ok())
+            .expect("n");
+        assert_eq!(rhs.parse::<u64>().ok(), Some(n * n), "{r}");
+    }
+}

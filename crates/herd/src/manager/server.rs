@@ -1,0 +1,533 @@
+//! The embedded manager: named queues with leases, dead letters and a
+//! result store, served over TCP to authenticated clients.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_bytes::ByteBuf;
+
+use super::ManagerError;
+use super::wire::{
+    CLIENT_LABEL, ClientProof, FrameError, Request, Response, SERVER_LABEL, ServerHello,
+    ServerProof, VERSION, nonce, proof, read_frame, verify, write_frame,
+};
+
+/// How often idle connection threads and the lease reaper look around.
+const TICK: Duration = Duration::from_millis(100);
+/// Put ids remembered per manager, to make retried puts harmless.
+const REMEMBERED_PUTS: usize = 100_000;
+
+/// Configures a [`Manager`]: Python's `BaseManager(address, authkey)`.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ManagerBuilder {
+    key: Vec<u8>,
+    max_deliveries: u32,
+    max_frame: usize,
+    handshake_timeout: Duration,
+    allow_shutdown: bool,
+}
+
+impl ManagerBuilder {
+    /// A task delivered this many times without an ack moves to the queue's
+    /// dead letters (`<name>.dead`) instead of being delivered again.
+    /// Default 5.
+    pub fn max_deliveries(mut self, n: u32) -> Self {
+        self.max_deliveries = n.max(1);
+        self
+    }
+
+    /// The largest frame accepted, in bytes (default 64 MiB).
+    pub fn max_frame(mut self, bytes: usize) -> Self {
+        self.max_frame = bytes;
+        self
+    }
+
+    /// How long a new connection has to authenticate (default 5 s).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Lets clients connected with admin rights ([`super::connect_admin`])
+    /// stop the manager. Off by default.
+    pub fn allow_shutdown(mut self, allow: bool) -> Self {
+        self.allow_shutdown = allow;
+        self
+    }
+
+    /// Binds `addr` and starts serving.
+    pub fn start(self, addr: impl ToSocketAddrs) -> Result<Manager, ManagerError> {
+        let listener = TcpListener::bind(addr).map_err(ManagerError::Io)?;
+        let local = listener.local_addr().map_err(ManagerError::Io)?;
+        listener.set_nonblocking(true).map_err(ManagerError::Io)?;
+        let shared = Arc::new(Shared {
+            cfg: self,
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            stop: AtomicBool::new(false),
+            next_conn: AtomicU64::new(1),
+        });
+        let for_accept = Arc::clone(&shared);
+        let accept = std::thread::Builder::new()
+            .name("herd-manager-accept".to_owned())
+            .spawn(move || accept_loop(&for_accept, &listener))
+            .map_err(ManagerError::Io)?;
+        let for_reaper = Arc::clone(&shared);
+        let reaper = std::thread::Builder::new()
+            .name("herd-manager-leases".to_owned())
+            .spawn(move || reap_leases(&for_reaper))
+            .map_err(ManagerError::Io)?;
+        Ok(Manager {
+            addr: local,
+            shared,
+            threads: Mutex::new(vec![accept, reaper]),
+        })
+    }
+}
+
+/// An item waiting in a queue.
+#[derive(Debug)]
+struct Item {
+    id: u64,
+    body: Vec<u8>,
+    deliveries: u32,
+}
+
+/// An item delivered under a lease.
+#[derive(Debug)]
+struct Lease {
+    queue: String,
+    item: Item,
+    conn: u64,
+    deadline: Instant,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queues: HashMap<String, VecDeque<Item>>,
+    leases: HashMap<u64, Lease>,
+    results: HashMap<String, Vec<u8>>,
+    puts_seen: HashSet<(u64, u64)>,
+    puts_order: VecDeque<(u64, u64)>,
+    next_id: u64,
+}
+
+impl State {
+    fn next(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Puts a leased item back, or into the dead letters at the cap.
+    fn release(&mut self, lease: Lease, max_deliveries: u32) {
+        let target = if lease.item.deliveries >= max_deliveries {
+            format!("{}.dead", lease.queue)
+        } else {
+            lease.queue
+        };
+        self.queues
+            .entry(target)
+            .or_default()
+            .push_front(lease.item);
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    cfg: ManagerBuilder,
+    state: Mutex<State>,
+    changed: Condvar,
+    stop: AtomicBool,
+    next_conn: AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Waits on the state until `deadline` (or a tick, to notice a stop).
+    fn wait<'a>(&self, st: MutexGuard<'a, State>, deadline: Instant) -> MutexGuard<'a, State> {
+        let left = deadline.saturating_duration_since(Instant::now()).min(TICK);
+        self.changed
+            .wait_timeout(st, left)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+    }
+}
+
+/// A running manager: Python's `BaseManager` after `start()`, serving
+/// named queues and a result store to clients that know the key.
+///
+/// ```
+/// # fn main() {
+/// herd::init();
+/// let manager = herd::manager::Manager::builder(b"secret").start("127.0.0.1:0").unwrap();
+/// let client = herd::manager::connect(manager.addr(), b"secret").unwrap();
+/// let tasks = client.queue::<u32>("tasks");
+/// tasks.put(&7).unwrap();
+/// let task = tasks.get_timeout(std::time::Duration::from_secs(5)).unwrap().unwrap();
+/// assert_eq!(task.value, 7);
+/// task.ack().unwrap();
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Manager {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Manager {
+    /// A builder; `key` authenticates clients (Python's `authkey`). Use a
+    /// long random key: the handshake never sends it, but a short one can be
+    /// guessed offline from a recorded handshake.
+    pub fn builder(key: &[u8]) -> ManagerBuilder {
+        ManagerBuilder {
+            key: key.to_vec(),
+            max_deliveries: 5,
+            max_frame: 64 << 20,
+            handshake_timeout: Duration::from_secs(5),
+            allow_shutdown: false,
+        }
+    }
+
+    /// The address it listens on (with the port chosen, for port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Items waiting in `queue` (not counting leased ones).
+    pub fn len(&self, queue: &str) -> usize {
+        self.shared
+            .lock()
+            .queues
+            .get(queue)
+            .map_or(0, VecDeque::len)
+    }
+
+    /// Items delivered and not yet acknowledged.
+    pub fn leased(&self) -> usize {
+        self.shared.lock().leases.len()
+    }
+
+    /// Whether it was asked to stop.
+    pub fn is_stopped(&self) -> bool {
+        self.shared.stopping()
+    }
+
+    /// Stops serving: connections close, waiting clients get an error.
+    /// What was accepted and not acknowledged is lost (there is no
+    /// persistence yet).
+    pub fn shutdown(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.changed.notify_all();
+        let threads =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
+    let mut conns: Vec<JoinHandle<()>> = Vec::new();
+    while !shared.stopping() {
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                let shared = Arc::clone(shared);
+                let spawned = std::thread::Builder::new()
+                    .name("herd-manager-conn".to_owned())
+                    .spawn(move || serve(&shared, stream, peer));
+                if let Ok(h) = spawned {
+                    conns.push(h);
+                }
+                conns.retain(|h| !h.is_finished());
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let _ = crate::os::wait_readable(
+                    &[std::os::fd::AsFd::as_fd(listener)],
+                    Some(Instant::now() + TICK),
+                );
+            }
+            Err(_) => {
+                // A connection that failed before we took it (reset): next.
+            }
+        }
+    }
+    for h in conns {
+        let _ = h.join();
+    }
+}
+
+/// Leases past their deadline go back to their queue.
+fn reap_leases(shared: &Shared) {
+    let mut st = shared.lock();
+    while !shared.stopping() {
+        let now = Instant::now();
+        let expired: Vec<u64> = st
+            .leases
+            .iter()
+            .filter(|(_, l)| l.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        if !expired.is_empty() {
+            for id in expired {
+                if let Some(lease) = st.leases.remove(&id) {
+                    st.release(lease, shared.cfg.max_deliveries);
+                }
+            }
+            shared.changed.notify_all();
+        }
+        st = shared.wait(st, now + TICK);
+    }
+}
+
+/// Logs a refused or failed connection (herd's messages go to stderr).
+fn log(peer: SocketAddr, what: &str) {
+    eprintln!("herd manager: {peer}: {what}");
+}
+
+fn serve(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    if let Err(why) = serve_conn(shared, &stream, conn)
+        && !matches!(why, FrameError::Closed)
+    {
+        log(peer, &why.to_string());
+    }
+    // Whatever this client held goes back: at least once.
+    let mut st = shared.lock();
+    let held: Vec<u64> = st
+        .leases
+        .iter()
+        .filter(|(_, l)| l.conn == conn)
+        .map(|(id, _)| *id)
+        .collect();
+    for id in &held {
+        if let Some(lease) = st.leases.remove(id) {
+            st.release(lease, shared.cfg.max_deliveries);
+        }
+    }
+    drop(st);
+    if !held.is_empty() {
+        shared.changed.notify_all();
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+fn serve_conn(shared: &Arc<Shared>, stream: &TcpStream, conn: u64) -> Result<(), FrameError> {
+    let io = FrameError::Io;
+    stream.set_nodelay(true).map_err(io)?;
+    stream.set_nonblocking(false).map_err(io)?;
+    stream.set_read_timeout(Some(TICK)).map_err(io)?;
+    let max = shared.cfg.max_frame;
+    let mut reader = stream;
+    let mut writer = stream;
+
+    // Handshake: our nonce; their nonce and proof; our proof.
+    let ours = nonce().map_err(io)?;
+    write_frame(
+        &mut writer,
+        &ServerHello {
+            version: VERSION,
+            nonce: ours,
+        },
+        max,
+    )
+    .map_err(io)?;
+    let started = Instant::now();
+    let limit = shared.cfg.handshake_timeout;
+    let mut in_time = || started.elapsed() < limit && !shared.stopping();
+    let hello: ClientProof =
+        read_frame(&mut reader, 4096, limit, &mut in_time).map_err(|e| match e {
+            FrameError::Io(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                FrameError::Malformed(format!("no handshake within {limit:?}"))
+            }
+            e => e,
+        })?;
+    if !verify(
+        &shared.cfg.key,
+        CLIENT_LABEL,
+        &ours,
+        &hello.nonce,
+        &hello.mac,
+    ) {
+        let _ = write_frame(
+            &mut writer,
+            &ServerProof::Refused("wrong key".to_owned()),
+            max,
+        );
+        return Err(FrameError::Malformed("refused: wrong key".to_owned()));
+    }
+    let Some(mac) = proof(&shared.cfg.key, SERVER_LABEL, &hello.nonce, &ours) else {
+        return Err(FrameError::Malformed("cannot compute a proof".to_owned()));
+    };
+    write_frame(&mut writer, &ServerProof::Accepted { mac }, max).map_err(io)?;
+    let admin = hello.admin;
+
+    loop {
+        let mut keep = || !shared.stopping();
+        let req: Request = read_frame(&mut reader, max, Duration::from_secs(30), &mut keep)?;
+        let (resp, stop) = handle(shared, conn, admin, req);
+        write_frame(&mut writer, &resp, max).map_err(io)?;
+        if stop {
+            shared.stop.store(true, Ordering::Release);
+            shared.changed.notify_all();
+            return Ok(());
+        }
+    }
+}
+
+fn handle(shared: &Shared, conn: u64, admin: bool, req: Request) -> (Response, bool) {
+    let max_deliveries = shared.cfg.max_deliveries;
+    let resp = match req {
+        Request::Put {
+            queue,
+            body,
+            client,
+            msg,
+        } => {
+            let mut st = shared.lock();
+            if st.puts_seen.insert((client, msg)) {
+                st.puts_order.push_back((client, msg));
+                if st.puts_order.len() > REMEMBERED_PUTS
+                    && let Some(old) = st.puts_order.pop_front()
+                {
+                    st.puts_seen.remove(&old);
+                }
+                let id = st.next();
+                st.queues.entry(queue).or_default().push_back(Item {
+                    id,
+                    body: body.into_vec(),
+                    deliveries: 0,
+                });
+                drop(st);
+                shared.changed.notify_all();
+            }
+            Response::Done
+        }
+        Request::Get {
+            queue,
+            wait_ms,
+            lease_ms,
+        } => {
+            let deadline = Instant::now() + Duration::from_millis(wait_ms.min(86_400_000));
+            let lease_for = Duration::from_millis(lease_ms.clamp(1, 86_400_000));
+            let mut st = shared.lock();
+            loop {
+                if let Some(mut item) = st.queues.get_mut(&queue).and_then(VecDeque::pop_front) {
+                    item.deliveries += 1;
+                    let lease = st.next();
+                    let resp = Response::Delivery {
+                        lease,
+                        id: item.id,
+                        body: ByteBuf::from(item.body.clone()),
+                        deliveries: item.deliveries,
+                    };
+                    st.leases.insert(
+                        lease,
+                        Lease {
+                            queue,
+                            item,
+                            conn,
+                            deadline: Instant::now() + lease_for,
+                        },
+                    );
+                    break resp;
+                }
+                if shared.stopping() {
+                    break Response::Error("the manager is shutting down".to_owned());
+                }
+                if Instant::now() >= deadline {
+                    break Response::Empty;
+                }
+                st = shared.wait(st, deadline);
+            }
+        }
+        Request::Ack { lease } => match shared.lock().leases.remove(&lease) {
+            Some(_) => Response::Done,
+            None => Response::Error(format!(
+                "lease {lease} is unknown: it lapsed or its connection ended, and the task was given back"
+            )),
+        },
+        Request::Nack { lease } => {
+            let mut st = shared.lock();
+            match st.leases.remove(&lease) {
+                Some(l) => {
+                    st.release(l, max_deliveries);
+                    drop(st);
+                    shared.changed.notify_all();
+                    Response::Done
+                }
+                None => Response::Error(format!("lease {lease} is unknown")),
+            }
+        }
+        Request::Heartbeat { lease, lease_ms } => {
+            let mut st = shared.lock();
+            match st.leases.get_mut(&lease) {
+                Some(l) => {
+                    l.deadline =
+                        Instant::now() + Duration::from_millis(lease_ms.clamp(1, 86_400_000));
+                    Response::Done
+                }
+                None => Response::Error(format!("lease {lease} is unknown")),
+            }
+        }
+        Request::SetResult { key, body } => {
+            shared.lock().results.insert(key, body.into_vec());
+            shared.changed.notify_all();
+            Response::Done
+        }
+        Request::WaitResult { key, wait_ms } => {
+            let deadline = Instant::now() + Duration::from_millis(wait_ms.min(86_400_000));
+            let mut st = shared.lock();
+            loop {
+                if let Some(r) = st.results.get(&key) {
+                    break Response::Result(Some(ByteBuf::from(r.clone())));
+                }
+                if shared.stopping() || Instant::now() >= deadline {
+                    break Response::Result(None);
+                }
+                st = shared.wait(st, deadline);
+            }
+        }
+        Request::Len { queue } => Response::Len(
+            shared
+                .lock()
+                .queues
+                .get(&queue)
+                .map_or(0, |q| q.len() as u64),
+        ),
+        Request::Shutdown => {
+            if !shared.cfg.allow_shutdown {
+                Response::Error("this manager does not allow shutdown by clients".to_owned())
+            } else if !admin {
+                Response::Error("shutdown needs a client connected with admin rights".to_owned())
+            } else {
+                return (Response::Done, true);
+            }
+        }
+    };
+    (resp, false)
+}

@@ -1,0 +1,245 @@
+//! The embedded manager over real sockets, with real worker processes.
+//! `harness = false`: `main` calls `herd::init()` first.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use herd::manager::{self, Manager, ManagerError};
+use herd::sync::Event;
+use herd_testkit::{GUARD, check};
+use libtest_mimic::{Arguments, Failed, Trial};
+
+const KEY: &[u8] = b"a long random key for the tests, 0x5eed";
+
+fn start() -> Result<Manager, Failed> {
+    Ok(Manager::builder(KEY).start("127.0.0.1:0")?)
+}
+
+/// A worker process: takes one task and holds it until killed.
+#[herd::task]
+fn take_and_hang(addr: String, got: Event) {
+    let client = manager::connect(addr, KEY).expect("connect");
+    let task = client
+        .queue::<u32>("tasks")
+        .get_timeout(GUARD)
+        .expect("get")
+        .expect("a task");
+    got.set();
+    std::thread::sleep(GUARD);
+    drop(task);
+}
+
+fn put_get_ack_and_results() -> Result<(), Failed> {
+    let m = start()?;
+    let master = manager::connect(m.addr(), KEY)?;
+    let worker = manager::connect(m.addr(), KEY)?;
+    let tasks = master.queue::<(u64, String)>("tasks");
+    for i in 0..10 {
+        tasks.put(&(i, format!("task {i}")))?;
+    }
+    check(tasks.len()? == 10, "ten waiting")?;
+    let wq = worker.queue::<(u64, String)>("tasks");
+    for i in 0..10 {
+        let d = wq.get_timeout(GUARD)?.ok_or("a task")?;
+        check(
+            d.value == (i, format!("task {i}")) && d.deliveries == 1,
+            "in order",
+        )?;
+        worker.set_result(&d.value.0.to_string(), &(d.value.0 * d.value.0))?;
+        d.ack()?;
+    }
+    for i in 0..10u64 {
+        let r: Option<u64> = master.wait_result(&i.to_string(), GUARD)?;
+        check(r == Some(i * i), format!("result {i}"))?;
+    }
+    check(
+        wq.get_timeout(Duration::from_millis(10))?.is_none(),
+        "empty",
+    )?;
+    check(m.leased() == 0, "nothing leased")
+}
+
+fn wrong_key_and_bad_input_are_refused_and_the_manager_stays_up() -> Result<(), Failed> {
+    let m = Manager::builder(KEY)
+        .handshake_timeout(Duration::from_millis(300))
+        .max_frame(1 << 20)
+        .start("127.0.0.1:0")?;
+    let good = manager::connect(m.addr(), KEY)?;
+    let q = good.queue::<u8>("q");
+    q.put(&1)?;
+    // A wrong key: refused, not retried.
+    let wrong = manager::Client::builder(m.addr(), b"not the key")
+        .reconnect_for(Duration::ZERO)
+        .connect();
+    check(
+        matches!(wrong, Err(ManagerError::Auth(_))),
+        format!("{wrong:?}"),
+    )?;
+    // Raw sockets: garbage, a truncated frame, an oversize frame, silence.
+    let raw = |bytes: &[u8]| -> Result<(), Failed> {
+        let mut s = TcpStream::connect(m.addr())?;
+        s.set_read_timeout(Some(GUARD))?;
+        s.write_all(bytes)?;
+        // The manager hangs up on us.
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+        Ok(())
+    };
+    raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    raw(&[0, 0, 0, 40, 1, 2, 3])?;
+    raw(&[0x7f, 0xff, 0xff, 0xff])?;
+    let t = Instant::now();
+    raw(&[])?;
+    check(
+        t.elapsed() < Duration::from_secs(10),
+        "a silent client is dropped",
+    )?;
+    // Everyone else is still served, and nothing was lost.
+    check(q.len()? == 1, "the item is still there")?;
+    check(q.get_timeout(GUARD)?.ok_or("item")?.value == 1, "served")?;
+    Ok(())
+}
+
+fn a_killed_worker_s_task_is_delivered_again() -> Result<(), Failed> {
+    let m = start()?;
+    let master = manager::connect(m.addr(), KEY)?;
+    master.queue::<u32>("tasks").put(&42)?;
+    let got = Event::new()?;
+    let mut worker = herd::spawn(take_and_hang, (m.addr().to_string(), got.clone()))?;
+    check(got.wait_timeout(GUARD), "the worker took the task")?;
+    check(m.len("tasks") == 0 && m.leased() == 1, "leased")?;
+    worker.kill()?;
+    // Its connection ended: the task is back, marked as delivered once.
+    let again = master
+        .queue::<u32>("tasks")
+        .get_timeout(GUARD)?
+        .ok_or("redelivered")?;
+    check(
+        again.value == 42 && again.deliveries == 2,
+        format!("{again:?}"),
+    )?;
+    again.ack()?;
+    Ok(())
+}
+
+fn a_lapsed_lease_is_delivered_again_and_heartbeats_keep_it() -> Result<(), Failed> {
+    let m = start()?;
+    let c = manager::connect(m.addr(), KEY)?;
+    let q = c.queue::<u8>("q");
+    q.put(&1)?;
+    let first = q
+        .get_leased(GUARD, Duration::from_millis(200))?
+        .ok_or("first")?;
+    // The lease lapses: the item comes back (on another get).
+    let second = q
+        .get_leased(GUARD, Duration::from_secs(30))?
+        .ok_or("second")?;
+    check(
+        second.id == first.id && second.deliveries == 2,
+        "same item again",
+    )?;
+    check(
+        matches!(first.ack(), Err(ManagerError::LeaseLost(_))),
+        "stale ack",
+    )?;
+    // Heartbeats keep a lease.
+    second.heartbeat(Duration::from_secs(30))?;
+    check(q.get_timeout(Duration::from_millis(500))?.is_none(), "kept")?;
+    second.ack()?;
+    Ok(())
+}
+
+fn a_task_that_keeps_failing_goes_to_the_dead_letters() -> Result<(), Failed> {
+    let m = Manager::builder(KEY)
+        .max_deliveries(2)
+        .start("127.0.0.1:0")?;
+    let c = manager::connect(m.addr(), KEY)?;
+    let q = c.queue::<String>("q");
+    q.put(&"poison".to_owned())?;
+    for _ in 0..2 {
+        q.get_timeout(GUARD)?.ok_or("delivered")?.nack()?;
+    }
+    check(
+        q.get_timeout(Duration::from_millis(50))?.is_none(),
+        "not delivered a third time",
+    )?;
+    let dead = c
+        .queue::<String>("q.dead")
+        .get_timeout(GUARD)?
+        .ok_or("dead letter")?;
+    check(dead.value == "poison", "the dead letter")?;
+    Ok(())
+}
+
+fn a_client_reconnects_after_a_manager_restart() -> Result<(), Failed> {
+    let m = start()?;
+    let addr = m.addr();
+    let c = manager::connect(addr, KEY)?;
+    c.queue::<u8>("q").put(&1)?;
+    m.shutdown();
+    drop(m);
+    let m2 = Manager::builder(KEY).start(addr)?;
+    // The same client, a new manager: it reconnects and carries on.
+    c.queue::<u8>("q").put(&2)?;
+    check(m2.len("q") == 1, "the put after the restart landed")?;
+    Ok(())
+}
+
+fn shutdown_needs_admin_and_permission() -> Result<(), Failed> {
+    let m = start()?;
+    let worker = manager::connect(m.addr(), KEY)?;
+    check(
+        matches!(worker.shutdown(), Err(ManagerError::Remote(_))),
+        "worker refused",
+    )?;
+    let admin = manager::connect_admin(m.addr(), KEY)?;
+    check(
+        matches!(admin.shutdown(), Err(ManagerError::Remote(_))),
+        "not allowed",
+    )?;
+    check(!m.is_stopped(), "still up")?;
+    let m2 = Manager::builder(KEY)
+        .allow_shutdown(true)
+        .start("127.0.0.1:0")?;
+    let worker = manager::connect(m2.addr(), KEY)?;
+    check(
+        matches!(worker.shutdown(), Err(ManagerError::Remote(_))),
+        "worker refused",
+    )?;
+    manager::connect_admin(m2.addr(), KEY)?.shutdown()?;
+    check(m2.is_stopped(), "stopped by admin")
+}
+
+fn main() {
+    herd::init();
+    let args = Arguments::from_args();
+    let tests = vec![
+        Trial::test("put_get_ack_and_results", put_get_ack_and_results),
+        Trial::test(
+            "wrong_key_and_bad_input_are_refused_and_the_manager_stays_up",
+            wrong_key_and_bad_input_are_refused_and_the_manager_stays_up,
+        ),
+        Trial::test(
+            "a_killed_worker_s_task_is_delivered_again",
+            a_killed_worker_s_task_is_delivered_again,
+        ),
+        Trial::test(
+            "a_lapsed_lease_is_delivered_again_and_heartbeats_keep_it",
+            a_lapsed_lease_is_delivered_again_and_heartbeats_keep_it,
+        ),
+        Trial::test(
+            "a_task_that_keeps_failing_goes_to_the_dead_letters",
+            a_task_that_keeps_failing_goes_to_the_dead_letters,
+        ),
+        Trial::test(
+            "a_client_reconnects_after_a_manager_restart",
+            a_client_reconnects_after_a_manager_restart,
+        ),
+        Trial::test(
+            "shutdown_needs_admin_and_permission",
+            shutdown_needs_admin_and_permission,
+        ),
+    ];
+    libtest_mimic::run(&args, tests).exit();
+}
