@@ -244,3 +244,63 @@ pub(crate) fn nonce() -> io::Result<[u8; 32]> {
 /// Labels keep the client's proof from being replayed as the server's.
 pub(crate) const CLIENT_LABEL: &[u8] = b"herd-manager-client-v1";
 pub(crate) const SERVER_LABEL: &[u8] = b"herd-manager-server-v1";
+
+#[cfg(test)]
+mod tests {
+    //! The frame decoder against arbitrary input (property tests, run with
+    //! the unit tests): it returns an error or a value, never panics, never
+    //! reads past a frame, and never allocates more than the limit.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    fn read_all(bytes: &[u8], max: usize) -> Vec<Result<Request, String>> {
+        let mut r = bytes;
+        let mut out = Vec::new();
+        loop {
+            let mut never = || false;
+            match read_frame::<_, Request>(&mut r, max, Duration::from_secs(1), &mut never) {
+                Err(FrameError::Closed) => return out,
+                Err(e) => {
+                    out.push(Err(e.to_string()));
+                    return out;
+                }
+                Ok(v) => out.push(Ok(v)),
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = read_all(&bytes, 256);
+        }
+
+        #[test]
+        fn valid_frames_round_trip_and_truncations_fail(
+            queue in "[a-z]{0,12}",
+            body in proptest::collection::vec(any::<u8>(), 0..300),
+            cut in 0usize..400,
+        ) {
+            let req = Request::Put { queue: queue.clone(), body: ByteBuf::from(body.clone()), client: 1, msg: 2 };
+            let mut wire = Vec::new();
+            write_frame(&mut wire, &req, 1 << 20).unwrap();
+            match read_all(&wire, 1 << 20).as_slice() {
+                [Ok(Request::Put { queue: q, body: b, client: 1, msg: 2 })] => {
+                    prop_assert_eq!(q, &queue);
+                    prop_assert_eq!(b.as_ref(), body.as_slice());
+                }
+                other => prop_assert!(false, "{:?}", other),
+            }
+            if cut < wire.len() {
+                let got = read_all(&wire[..cut], 1 << 20);
+                prop_assert!(got.iter().all(Result::is_err), "{:?}", got);
+            }
+            // Over the limit: refused before the body is read.
+            if wire.len() > 8 {
+                let got = read_all(&wire, wire.len() - 5);
+                prop_assert!(matches!(got.as_slice(), [Err(_)]), "{:?}", got);
+            }
+        }
+    }
+}
