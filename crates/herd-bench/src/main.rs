@@ -3,8 +3,9 @@
 //! `cargo run --release -p herd-bench -- <suite> [--quick]` prints one JSON
 //! object per line:
 //! `{"suite":"spawn","case":"trivial","impl":"herd-forkserver","metric":"median_us","value":412.0,"unit":"us"}`.
-//! Suites: `spawn`, `sync`, `queue`, `pool`, `scaling`, `io` (or `all`). `--quick` keeps each suite under 30 seconds.
+//! Suites: `spawn`, `sync`, `queue`, `pool`, `scaling`, `io`, `distributed` (or `all`). `--quick` keeps each suite under 30 seconds.
 
+mod distributed;
 mod io;
 mod pool;
 mod queue;
@@ -15,7 +16,15 @@ mod sync;
 
 use std::process::ExitCode;
 
-const SUITES: &[&str] = &["spawn", "sync", "queue", "pool", "scaling", "io"];
+const SUITES: &[&str] = &[
+    "spawn",
+    "sync",
+    "queue",
+    "pool",
+    "scaling",
+    "io",
+    "distributed",
+];
 
 fn main() -> ExitCode {
     // Both are no-ops in the benchmark itself; in a child they run its task.
@@ -48,6 +57,7 @@ fn main() -> ExitCode {
         "pool" => pool::run(quick),
         "scaling" => scaling::run(quick),
         "io" => io::run(quick),
+        "distributed" => distributed::run(quick),
         "all" => {
             spawn::run(quick);
             sync::run(quick);
@@ -55,6 +65,7 @@ fn main() -> ExitCode {
             pool::run(quick);
             scaling::run(quick);
             io::run(quick);
+            distributed::run(quick);
         }
         other => {
             eprintln!(

@@ -211,11 +211,34 @@ fn shutdown_needs_admin_and_permission() -> Result<(), Failed> {
     check(m2.is_stopped(), "stopped by admin")
 }
 
+fn batches_put_get_and_ack_many() -> Result<(), Failed> {
+    let m = start()?;
+    let c = manager::connect(m.addr(), KEY)?;
+    let q = c.queue::<u32>("q");
+    q.put_many(&(0..100).collect::<Vec<_>>())?;
+    check(q.len()? == 100, "a hundred in one put")?;
+    let mut got = Vec::new();
+    while got.len() < 100 {
+        let batch = q.get_many(32, GUARD, Duration::from_secs(30))?;
+        check(!batch.is_empty() && batch.len() <= 32, "a batch")?;
+        got.extend(batch.iter().map(|d| d.value));
+        c.ack_many(batch)?;
+    }
+    check(got == (0..100).collect::<Vec<_>>(), "in order")?;
+    check(m.leased() == 0 && q.is_empty()?, "all acknowledged")?;
+    check(
+        q.get_many(8, Duration::from_millis(10), Duration::from_secs(1))?
+            .is_empty(),
+        "nothing left",
+    )
+}
+
 fn main() {
     herd::init();
     let args = Arguments::from_args();
     let tests = vec![
         Trial::test("put_get_ack_and_results", put_get_ack_and_results),
+        Trial::test("batches_put_get_and_ack_many", batches_put_get_and_ack_many),
         Trial::test(
             "wrong_key_and_bad_input_are_refused_and_the_manager_stays_up",
             wrong_key_and_bad_input_are_refused_and_the_manager_stays_up,

@@ -271,6 +271,8 @@ impl Inner {
     ) -> Result<Response, ManagerError> {
         let (mut r, mut w) = (stream, stream);
         write_frame(&mut w, req, self.cfg.max_frame).map_err(ManagerError::Io)?;
+        // A manager's answer usually comes within microseconds.
+        crate::backoff::poll_briefly(|| readable_now(stream));
         // The manager answers a waiting request when it is done waiting.
         let deadline = Instant::now() + wait + Duration::from_secs(30);
         let mut in_time = || Instant::now() < deadline;
@@ -282,6 +284,12 @@ impl Inner {
         )
         .map_err(frame_err)
     }
+}
+
+/// Whether `stream` has data (or a hang-up) to read now.
+pub(crate) fn readable_now(stream: &TcpStream) -> bool {
+    crate::os::wait_readable(&[std::os::fd::AsFd::as_fd(stream)], Some(Instant::now()))
+        .map_or(true, |r| r.contains(&true))
 }
 
 fn frame_err(e: FrameError) -> ManagerError {
@@ -366,6 +374,26 @@ impl Client {
         }
     }
 
+    /// Acknowledges several deliveries in one round trip; the error lists
+    /// the leases that were lost (their tasks were given back).
+    pub fn ack_many<T>(&self, deliveries: Vec<Delivery<T>>) -> Result<(), ManagerError> {
+        let leases = deliveries.iter().map(|d| d.lease).collect();
+        match self
+            .inner
+            .call(&Request::AckMany { leases }, Duration::ZERO)?
+        {
+            Response::Unknown(lost) if lost.is_empty() => Ok(()),
+            Response::Unknown(lost) => Err(ManagerError::LeaseLost(format!(
+                "{} of the leases ({lost:?}) were unknown",
+                lost.len()
+            ))),
+            Response::Error(e) => Err(ManagerError::Remote(e)),
+            other => Err(ManagerError::Protocol(format!(
+                "unexpected answer {other:?}"
+            ))),
+        }
+    }
+
     /// Stops the manager (needs admin rights and a manager that allows it).
     pub fn shutdown(&self) -> Result<(), ManagerError> {
         expect_done(self.inner.call(&Request::Shutdown, Duration::ZERO)?)
@@ -395,6 +423,71 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
             msg: self.client.inner.next_msg.fetch_add(1, Ordering::Relaxed),
         };
         expect_done(self.client.inner.call(&req, Duration::ZERO)?)
+    }
+
+    /// Adds every value in one message (one round trip): pipelined puts.
+    pub fn put_many(&self, values: &[T]) -> Result<(), ManagerError> {
+        let bodies = values
+            .iter()
+            .map(|v| encode(v).map(ByteBuf::from).map_err(ManagerError::Codec))
+            .collect::<Result<Vec<_>, _>>()?;
+        let n = bodies.len() as u64;
+        let req = Request::PutMany {
+            queue: self.name.clone(),
+            bodies,
+            client: self.client.inner.client_id,
+            msg: self
+                .client
+                .inner
+                .next_msg
+                .fetch_add(n.max(1), Ordering::Relaxed),
+        };
+        expect_done(self.client.inner.call(&req, Duration::ZERO)?)
+    }
+
+    /// Takes up to `max` items in one round trip, each under a lease of
+    /// `lease`, waiting up to `timeout` for the first; empty if none came.
+    pub fn get_many(
+        &self,
+        max: u32,
+        timeout: Duration,
+        lease: Duration,
+    ) -> Result<Vec<Delivery<T>>, ManagerError> {
+        let req = Request::GetMany {
+            queue: self.name.clone(),
+            max,
+            wait_ms: millis(timeout),
+            lease_ms: millis(lease).max(1),
+        };
+        match self.client.inner.call(&req, timeout)? {
+            Response::Deliveries(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                let mut bad = Vec::new();
+                for (lease, id, body, deliveries) in items {
+                    match decode(&body) {
+                        Ok(value) => out.push(Delivery {
+                            value,
+                            id,
+                            deliveries,
+                            lease,
+                            client: self.client.clone(),
+                        }),
+                        Err(_) => bad.push(lease),
+                    }
+                }
+                for lease in bad {
+                    let _ = self
+                        .client
+                        .inner
+                        .call(&Request::Nack { lease }, Duration::ZERO);
+                }
+                Ok(out)
+            }
+            Response::Error(e) => Err(ManagerError::Remote(e)),
+            other => Err(ManagerError::Protocol(format!(
+                "unexpected answer {other:?}"
+            ))),
+        }
     }
 
     /// Takes the next item under a 30-second lease, waiting up to

@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 
 use serde_bytes::ByteBuf;
 
-use super::ManagerError;
 use super::wire::{
     CLIENT_LABEL, ClientProof, FrameError, Request, Response, SERVER_LABEL, ServerHello,
     ServerProof, VERSION, nonce, proof, read_frame, verify, write_frame,
 };
+use super::{ManagerError, readable_now};
+use crate::backoff::poll_briefly;
 
 /// How often idle connection threads and the lease reaper look around.
 const TICK: Duration = Duration::from_millis(100);
@@ -70,6 +71,7 @@ impl ManagerBuilder {
             cfg: self,
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
+            reaper: Condvar::new(),
             stop: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
         });
@@ -143,6 +145,8 @@ struct Shared {
     cfg: ManagerBuilder,
     state: Mutex<State>,
     changed: Condvar,
+    /// The lease reaper's own timer (woken only to stop).
+    reaper: Condvar,
     stop: AtomicBool,
     next_conn: AtomicU64,
 }
@@ -232,6 +236,7 @@ impl Manager {
     pub fn shutdown(&self) {
         self.shared.stop.store(true, Ordering::Release);
         self.shared.changed.notify_all();
+        self.shared.reaper.notify_all();
         let threads =
             std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
         for t in threads {
@@ -276,7 +281,9 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
     }
 }
 
-/// Leases past their deadline go back to their queue.
+/// Leases past their deadline go back to their queue. It sleeps on its own
+/// condition variable (only a stop wakes it early), so the many changes
+/// that wake waiting clients do not wake it too.
 fn reap_leases(shared: &Shared) {
     let mut st = shared.lock();
     while !shared.stopping() {
@@ -295,7 +302,11 @@ fn reap_leases(shared: &Shared) {
             }
             shared.changed.notify_all();
         }
-        st = shared.wait(st, now + TICK);
+        st = shared
+            .reaper
+            .wait_timeout(st, TICK)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
     }
 }
 
@@ -387,6 +398,8 @@ fn serve_conn(shared: &Arc<Shared>, stream: &TcpStream, conn: u64) -> Result<(),
     let admin = hello.admin;
 
     loop {
+        // The next request usually follows within microseconds.
+        poll_briefly(|| readable_now(stream));
         let mut keep = || !shared.stopping();
         let req: Request = read_frame(&mut reader, max, Duration::from_secs(30), &mut keep)?;
         let (resp, stop) = handle(shared, conn, admin, req);
@@ -426,6 +439,91 @@ fn handle(shared: &Shared, conn: u64, admin: bool, req: Request) -> (Response, b
                 shared.changed.notify_all();
             }
             Response::Done
+        }
+        Request::PutMany {
+            queue,
+            bodies,
+            client,
+            msg,
+        } => {
+            let mut st = shared.lock();
+            for (i, body) in bodies.into_iter().enumerate() {
+                let key = (client, msg.wrapping_add(i as u64));
+                if !st.puts_seen.insert(key) {
+                    continue;
+                }
+                st.puts_order.push_back(key);
+                if st.puts_order.len() > REMEMBERED_PUTS
+                    && let Some(old) = st.puts_order.pop_front()
+                {
+                    st.puts_seen.remove(&old);
+                }
+                let id = st.next();
+                st.queues.entry(queue.clone()).or_default().push_back(Item {
+                    id,
+                    body: body.into_vec(),
+                    deliveries: 0,
+                });
+            }
+            drop(st);
+            shared.changed.notify_all();
+            Response::Done
+        }
+        Request::GetMany {
+            queue,
+            max,
+            wait_ms,
+            lease_ms,
+        } => {
+            let deadline = Instant::now() + Duration::from_millis(wait_ms.min(86_400_000));
+            let lease_for = Duration::from_millis(lease_ms.clamp(1, 86_400_000));
+            let mut st = shared.lock();
+            loop {
+                let ready = st.queues.get(&queue).is_some_and(|q| !q.is_empty());
+                if ready {
+                    let mut out = Vec::new();
+                    while out.len() < max.max(1) as usize {
+                        let Some(mut item) =
+                            st.queues.get_mut(&queue).and_then(VecDeque::pop_front)
+                        else {
+                            break;
+                        };
+                        item.deliveries += 1;
+                        let lease = st.next();
+                        out.push((
+                            lease,
+                            item.id,
+                            ByteBuf::from(item.body.clone()),
+                            item.deliveries,
+                        ));
+                        st.leases.insert(
+                            lease,
+                            Lease {
+                                queue: queue.clone(),
+                                item,
+                                conn,
+                                deadline: Instant::now() + lease_for,
+                            },
+                        );
+                    }
+                    break Response::Deliveries(out);
+                }
+                if shared.stopping() {
+                    break Response::Error("the manager is shutting down".to_owned());
+                }
+                if Instant::now() >= deadline {
+                    break Response::Deliveries(Vec::new());
+                }
+                st = shared.wait(st, deadline);
+            }
+        }
+        Request::AckMany { leases } => {
+            let mut st = shared.lock();
+            let unknown: Vec<u64> = leases
+                .into_iter()
+                .filter(|l| st.leases.remove(l).is_none())
+                .collect();
+            Response::Unknown(unknown)
         }
         Request::Get {
             queue,

@@ -49,6 +49,22 @@ pub(crate) enum Request {
         client: u64,
         msg: u64,
     },
+    /// Adds several items in one frame (ids `msg`, `msg + 1`, ...).
+    PutMany {
+        queue: String,
+        bodies: Vec<ByteBuf>,
+        client: u64,
+        msg: u64,
+    },
+    /// Takes up to `max` items (at least one, waiting up to `wait_ms`).
+    GetMany {
+        queue: String,
+        max: u32,
+        wait_ms: u64,
+        lease_ms: u64,
+    },
+    /// Acknowledges several leases; answers with those that were unknown.
+    AckMany { leases: Vec<u64> },
     /// Takes an item under a lease, waiting up to `wait_ms`.
     Get {
         queue: String,
@@ -82,6 +98,8 @@ pub(crate) enum Response {
         deliveries: u32,
     },
     Empty,
+    Deliveries(Vec<(u64, u64, ByteBuf, u32)>),
+    Unknown(Vec<u64>),
     Result(Option<ByteBuf>),
     Len(u64),
     Error(String),
