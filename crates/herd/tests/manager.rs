@@ -233,12 +233,52 @@ fn batches_put_get_and_ack_many() -> Result<(), Failed> {
     )
 }
 
+fn a_persistent_manager_restarts_with_everything_accepted() -> Result<(), Failed> {
+    let path = std::env::temp_dir().join(format!("herd-manager-test-{}.redb", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let m = Manager::builder(KEY).persist(&path).start("127.0.0.1:0")?;
+    let addr = m.addr();
+    let c = manager::connect(addr, KEY)?;
+    let q = c.queue::<String>("q");
+    q.put_many(&["a".to_owned(), "b".to_owned(), "c".to_owned()])?;
+    q.get_timeout(GUARD)?.ok_or("a")?.ack()?;
+    let leased = q.get_timeout(GUARD)?.ok_or("b")?;
+    check(leased.value == "b", "b leased")?;
+    c.set_result("b", &"B".to_owned())?;
+    // A restart (the lease on b is not acknowledged).
+    m.shutdown();
+    drop((m, leased));
+    let m2 = Manager::builder(KEY).persist(&path).start(addr)?;
+    check(
+        m2.len("q") == 2,
+        format!("{} waiting after the restart", m2.len("q")),
+    )?;
+    let q = c.queue::<String>("q");
+    q.put(&"d".to_owned())?;
+    let order: Vec<String> = (0..3)
+        .map(|_| q.get_timeout(GUARD).map(|d| d.map(|d| d.value)))
+        .collect::<Result<Option<Vec<_>>, _>>()?
+        .ok_or("three items")?;
+    check(order == ["b", "c", "d"], format!("{order:?}"))?;
+    check(
+        c.wait_result::<String>("b", GUARD)?.as_deref() == Some("B"),
+        "result kept",
+    )?;
+    drop(m2);
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}
+
 fn main() {
     herd::init();
     let args = Arguments::from_args();
     let tests = vec![
         Trial::test("put_get_ack_and_results", put_get_ack_and_results),
         Trial::test("batches_put_get_and_ack_many", batches_put_get_and_ack_many),
+        Trial::test(
+            "a_persistent_manager_restarts_with_everything_accepted",
+            a_persistent_manager_restarts_with_everything_accepted,
+        ),
         Trial::test(
             "wrong_key_and_bad_input_are_refused_and_the_manager_stays_up",
             wrong_key_and_bad_input_are_refused_and_the_manager_stays_up,

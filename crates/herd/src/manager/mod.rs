@@ -26,10 +26,14 @@
 //! * **Admin**: `shutdown` needs a client connected with admin rights and a
 //!   manager that allows it; workers cannot.
 //!
-//! Not yet: TLS, on-disk persistence (a restarted manager starts empty),
-//! the NATS JetStream backend.
+//! * **Persistence** (optional, [`ManagerBuilder::persist`]): accepted items
+//!   and results in an embedded database (redb), committed before the
+//!   answer; a restarted manager has them all.
+//!
+//! Not yet: TLS and the NATS JetStream backend.
 
 mod server;
+mod store;
 mod wire;
 
 use std::io;

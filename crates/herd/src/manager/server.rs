@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_bytes::ByteBuf;
 
+use super::store::{Change, Store};
 use super::wire::{
     CLIENT_LABEL, ClientProof, FrameError, Request, Response, SERVER_LABEL, ServerHello,
     ServerProof, VERSION, nonce, proof, read_frame, verify, write_frame,
@@ -32,6 +33,7 @@ pub struct ManagerBuilder {
     max_frame: usize,
     handshake_timeout: Duration,
     allow_shutdown: bool,
+    persist: Option<std::path::PathBuf>,
 }
 
 impl ManagerBuilder {
@@ -62,14 +64,43 @@ impl ManagerBuilder {
         self
     }
 
+    /// Keeps every accepted item and stored result in a database file at
+    /// `path` (redb), committed before the manager answers: a manager
+    /// restarted on the same file has every item that was put and not
+    /// acknowledged waiting again, and every result. Each put, ack and
+    /// result then costs a durable commit.
+    pub fn persist(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.persist = Some(path.into());
+        self
+    }
+
     /// Binds `addr` and starts serving.
     pub fn start(self, addr: impl ToSocketAddrs) -> Result<Manager, ManagerError> {
+        let mut state = State::default();
+        let store = match &self.persist {
+            None => None,
+            Some(path) => {
+                let (store, loaded) =
+                    Store::open(path).map_err(|e| ManagerError::Io(io::Error::other(e)))?;
+                for (queue, id, body, deliveries) in loaded.items {
+                    state.next_id = state.next_id.max(id);
+                    state.queues.entry(queue).or_default().push_back(Item {
+                        id,
+                        body,
+                        deliveries,
+                    });
+                }
+                state.results.extend(loaded.results);
+                Some(store)
+            }
+        };
         let listener = TcpListener::bind(addr).map_err(ManagerError::Io)?;
         let local = listener.local_addr().map_err(ManagerError::Io)?;
         listener.set_nonblocking(true).map_err(ManagerError::Io)?;
         let shared = Arc::new(Shared {
             cfg: self,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(state),
+            store,
             changed: Condvar::new(),
             reaper: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -125,19 +156,6 @@ impl State {
         self.next_id += 1;
         self.next_id
     }
-
-    /// Puts a leased item back, or into the dead letters at the cap.
-    fn release(&mut self, lease: Lease, max_deliveries: u32) {
-        let target = if lease.item.deliveries >= max_deliveries {
-            format!("{}.dead", lease.queue)
-        } else {
-            lease.queue
-        };
-        self.queues
-            .entry(target)
-            .or_default()
-            .push_front(lease.item);
-    }
 }
 
 #[derive(Debug)]
@@ -147,6 +165,7 @@ struct Shared {
     changed: Condvar,
     /// The lease reaper's own timer (woken only to stop).
     reaper: Condvar,
+    store: Option<Store>,
     stop: AtomicBool,
     next_conn: AtomicU64,
 }
@@ -154,6 +173,37 @@ struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Applies changes to the store, if there is one.
+    fn persist(&self, changes: &[Change<'_>]) -> Result<(), String> {
+        self.store.as_ref().map_or(Ok(()), |st| st.apply(changes))
+    }
+
+    /// Puts a leased item back, or into the dead letters at the cap.
+    fn release(&self, st: &mut State, lease: Lease) {
+        let target = if lease.item.deliveries >= self.cfg.max_deliveries {
+            let dead = format!("{}.dead", lease.queue);
+            let moved = self.persist(&[
+                Change::Remove {
+                    queue: &lease.queue,
+                    id: lease.item.id,
+                },
+                Change::Put {
+                    queue: &dead,
+                    id: lease.item.id,
+                    body: &lease.item.body,
+                    deliveries: lease.item.deliveries,
+                },
+            ]);
+            if let Err(e) = moved {
+                eprintln!("herd manager: moving item {} to {dead}: {e}", lease.item.id);
+            }
+            dead
+        } else {
+            lease.queue
+        };
+        st.queues.entry(target).or_default().push_front(lease.item);
     }
 
     fn stopping(&self) -> bool {
@@ -203,6 +253,7 @@ impl Manager {
             max_frame: 64 << 20,
             handshake_timeout: Duration::from_secs(5),
             allow_shutdown: false,
+            persist: None,
         }
     }
 
@@ -297,7 +348,7 @@ fn reap_leases(shared: &Shared) {
         if !expired.is_empty() {
             for id in expired {
                 if let Some(lease) = st.leases.remove(&id) {
-                    st.release(lease, shared.cfg.max_deliveries);
+                    shared.release(&mut st, lease);
                 }
             }
             shared.changed.notify_all();
@@ -332,7 +383,7 @@ fn serve(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         .collect();
     for id in &held {
         if let Some(lease) = st.leases.remove(id) {
-            st.release(lease, shared.cfg.max_deliveries);
+            shared.release(&mut st, lease);
         }
     }
     drop(st);
@@ -412,63 +463,82 @@ fn serve_conn(shared: &Arc<Shared>, stream: &TcpStream, conn: u64) -> Result<(),
     }
 }
 
+/// Adds items (ids `msg`, `msg + 1`, ... for this client; ones already
+/// seen are a retry and skipped), durably first when persisting.
+fn put_items(
+    shared: &Shared,
+    queue: String,
+    bodies: Vec<ByteBuf>,
+    client: u64,
+    msg: u64,
+) -> Response {
+    let mut st = shared.lock();
+    let mut fresh = Vec::with_capacity(bodies.len());
+    for (i, body) in bodies.into_iter().enumerate() {
+        let key = (client, msg.wrapping_add(i as u64));
+        if !st.puts_seen.contains(&key) {
+            let id = st.next();
+            fresh.push((key, id, body.into_vec()));
+        }
+    }
+    let changes: Vec<Change<'_>> = fresh
+        .iter()
+        .map(|(_, id, body)| Change::Put {
+            queue: &queue,
+            id: *id,
+            body,
+            deliveries: 0,
+        })
+        .collect();
+    if let Err(e) = shared.persist(&changes) {
+        return Response::Error(format!("not accepted: {e}"));
+    }
+    drop(changes);
+    for (key, id, body) in fresh {
+        st.puts_seen.insert(key);
+        st.puts_order.push_back(key);
+        if st.puts_order.len() > REMEMBERED_PUTS
+            && let Some(old) = st.puts_order.pop_front()
+        {
+            st.puts_seen.remove(&old);
+        }
+        st.queues.entry(queue.clone()).or_default().push_back(Item {
+            id,
+            body,
+            deliveries: 0,
+        });
+    }
+    drop(st);
+    shared.changed.notify_all();
+    Response::Done
+}
+
+/// Forgets acknowledged items in the store (a failure only means they may
+/// come back after a restart: at least once).
+fn forget(shared: &Shared, done: &[(String, u64)]) {
+    let changes: Vec<Change<'_>> = done
+        .iter()
+        .map(|(queue, id)| Change::Remove { queue, id: *id })
+        .collect();
+    if let Err(e) = shared.persist(&changes) {
+        eprintln!("herd manager: forgetting acknowledged items: {e}");
+    }
+}
+
 fn handle(shared: &Shared, conn: u64, admin: bool, req: Request) -> (Response, bool) {
-    let max_deliveries = shared.cfg.max_deliveries;
     let resp = match req {
         Request::Put {
             queue,
             body,
             client,
             msg,
-        } => {
-            let mut st = shared.lock();
-            if st.puts_seen.insert((client, msg)) {
-                st.puts_order.push_back((client, msg));
-                if st.puts_order.len() > REMEMBERED_PUTS
-                    && let Some(old) = st.puts_order.pop_front()
-                {
-                    st.puts_seen.remove(&old);
-                }
-                let id = st.next();
-                st.queues.entry(queue).or_default().push_back(Item {
-                    id,
-                    body: body.into_vec(),
-                    deliveries: 0,
-                });
-                drop(st);
-                shared.changed.notify_all();
-            }
-            Response::Done
-        }
+        } => put_items(shared, queue, vec![body], client, msg),
         Request::PutMany {
             queue,
             bodies,
             client,
             msg,
-        } => {
-            let mut st = shared.lock();
-            for (i, body) in bodies.into_iter().enumerate() {
-                let key = (client, msg.wrapping_add(i as u64));
-                if !st.puts_seen.insert(key) {
-                    continue;
-                }
-                st.puts_order.push_back(key);
-                if st.puts_order.len() > REMEMBERED_PUTS
-                    && let Some(old) = st.puts_order.pop_front()
-                {
-                    st.puts_seen.remove(&old);
-                }
-                let id = st.next();
-                st.queues.entry(queue.clone()).or_default().push_back(Item {
-                    id,
-                    body: body.into_vec(),
-                    deliveries: 0,
-                });
-            }
-            drop(st);
-            shared.changed.notify_all();
-            Response::Done
-        }
+        } => put_items(shared, queue, bodies, client, msg),
         Request::GetMany {
             queue,
             max,
@@ -519,10 +589,15 @@ fn handle(shared: &Shared, conn: u64, admin: bool, req: Request) -> (Response, b
         }
         Request::AckMany { leases } => {
             let mut st = shared.lock();
-            let unknown: Vec<u64> = leases
-                .into_iter()
-                .filter(|l| st.leases.remove(l).is_none())
-                .collect();
+            let mut unknown = Vec::new();
+            let mut done = Vec::new();
+            for l in leases {
+                match st.leases.remove(&l) {
+                    Some(lease) => done.push((lease.queue, lease.item.id)),
+                    None => unknown.push(l),
+                }
+            }
+            forget(shared, &done);
             Response::Unknown(unknown)
         }
         Request::Get {
@@ -564,7 +639,10 @@ fn handle(shared: &Shared, conn: u64, admin: bool, req: Request) -> (Response, b
             }
         }
         Request::Ack { lease } => match shared.lock().leases.remove(&lease) {
-            Some(_) => Response::Done,
+            Some(l) => {
+                forget(shared, &[(l.queue, l.item.id)]);
+                Response::Done
+            }
             None => Response::Error(format!(
                 "lease {lease} is unknown: it lapsed or its connection ended, and the task was given back"
             )),
@@ -573,7 +651,7 @@ fn handle(shared: &Shared, conn: u64, admin: bool, req: Request) -> (Response, b
             let mut st = shared.lock();
             match st.leases.remove(&lease) {
                 Some(l) => {
-                    st.release(l, max_deliveries);
+                    shared.release(&mut st, l);
                     drop(st);
                     shared.changed.notify_all();
                     Response::Done
@@ -593,9 +671,19 @@ fn handle(shared: &Shared, conn: u64, admin: bool, req: Request) -> (Response, b
             }
         }
         Request::SetResult { key, body } => {
-            shared.lock().results.insert(key, body.into_vec());
-            shared.changed.notify_all();
-            Response::Done
+            let mut st = shared.lock();
+            match shared.persist(&[Change::Result {
+                key: &key,
+                body: &body,
+            }]) {
+                Ok(()) => {
+                    st.results.insert(key, body.into_vec());
+                    drop(st);
+                    shared.changed.notify_all();
+                    Response::Done
+                }
+                Err(e) => Response::Error(format!("not stored: {e}")),
+            }
         }
         Request::WaitResult { key, wait_ms } => {
             let deadline = Instant::now() + Duration::from_millis(wait_ms.min(86_400_000));
