@@ -269,12 +269,43 @@ fn a_persistent_manager_restarts_with_everything_accepted() -> Result<(), Failed
     Ok(())
 }
 
+fn tls_round_trip_and_refusals() -> Result<(), Failed> {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
+    let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
+    let m = Manager::builder(KEY)
+        .tls(cert_pem.as_bytes(), key_pem.as_bytes())
+        .handshake_timeout(Duration::from_millis(500))
+        .start("127.0.0.1:0")?;
+    let c = manager::Client::builder(m.addr(), KEY)
+        .tls(cert_pem.as_bytes(), "localhost")
+        .connect()?;
+    let q = c.queue::<String>("q");
+    q.put(&"over TLS".to_owned())?;
+    let d = q.get_timeout(GUARD)?.ok_or("item")?;
+    check(d.value == "over TLS", "round trip")?;
+    d.ack()?;
+    // A plain client, and a client expecting another name: refused.
+    let plain = manager::Client::builder(m.addr(), KEY)
+        .reconnect_for(Duration::ZERO)
+        .connect();
+    check(plain.is_err(), "plain client refused")?;
+    let wrong_name = manager::Client::builder(m.addr(), KEY)
+        .tls(cert_pem.as_bytes(), "example.org")
+        .reconnect_for(Duration::ZERO)
+        .connect();
+    check(wrong_name.is_err(), "wrong server name refused")?;
+    // The manager still serves the good client.
+    q.put(&"still up".to_owned())?;
+    check(q.len()? == 1, "still up")
+}
+
 fn main() {
     herd::init();
     let args = Arguments::from_args();
     let tests = vec![
         Trial::test("put_get_ack_and_results", put_get_ack_and_results),
         Trial::test("batches_put_get_and_ack_many", batches_put_get_and_ack_many),
+        Trial::test("tls_round_trip_and_refusals", tls_round_trip_and_refusals),
         Trial::test(
             "a_persistent_manager_restarts_with_everything_accepted",
             a_persistent_manager_restarts_with_everything_accepted,

@@ -29,11 +29,16 @@
 //! * **Persistence** (optional, [`ManagerBuilder::persist`]): accepted items
 //!   and results in an embedded database (redb), committed before the
 //!   answer; a restarted manager has them all.
+//! * **TLS** (optional, [`ManagerBuilder::tls`], [`ClientBuilder::tls`]):
+//!   rustls, with the HMAC handshake inside it.
+//! * **Batches**: [`RemoteQueue::put_many`], [`RemoteQueue::get_many`],
+//!   [`Client::ack_many`] — one round trip each.
 //!
-//! Not yet: TLS and the NATS JetStream backend.
+//! Not yet: the NATS JetStream backend.
 
 mod server;
 mod store;
+mod tls;
 mod wire;
 
 use std::io;
@@ -49,6 +54,7 @@ use serde_bytes::ByteBuf;
 use thiserror::Error;
 
 pub use server::{Manager, ManagerBuilder};
+use tls::Stream;
 use wire::{
     CLIENT_LABEL, ClientProof, FrameError, Request, Response, SERVER_LABEL, ServerHello,
     ServerProof, VERSION, nonce, proof, read_frame, verify, write_frame,
@@ -104,7 +110,7 @@ pub fn connect_admin(addr: impl ToString, key: &[u8]) -> Result<Client, ManagerE
 }
 
 /// Configures a [`Client`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use]
 pub struct ClientBuilder {
     addr: String,
@@ -112,6 +118,20 @@ pub struct ClientBuilder {
     admin: bool,
     reconnect_for: Duration,
     max_frame: usize,
+    tls: Option<(Arc<rustls::ClientConfig>, String)>,
+    tls_error: Option<String>,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("ClientBuilder")
+            .field("addr", &self.addr)
+            .field("admin", &self.admin)
+            .field("reconnect_for", &self.reconnect_for)
+            .field("tls", &self.tls.as_ref().map(|(_, name)| name))
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClientBuilder {
@@ -128,8 +148,24 @@ impl ClientBuilder {
         self
     }
 
+    /// Connects over TLS, trusting the PEM certificates in `ca_pem` and
+    /// checking that the manager's certificate is for `server_name`.
+    pub fn tls(mut self, ca_pem: &[u8], server_name: &str) -> Self {
+        match tls::client_config(ca_pem) {
+            Ok(config) => self.tls = Some((config, server_name.to_owned())),
+            Err(e) => self.tls_error = Some(e.to_string()),
+        }
+        self
+    }
+
     /// Connects and authenticates.
     pub fn connect(self) -> Result<Client, ManagerError> {
+        if let Some(e) = &self.tls_error {
+            return Err(ManagerError::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                e.clone(),
+            )));
+        }
         let mut id = [0u8; 8];
         id.copy_from_slice(&nonce().map_err(ManagerError::Io)?[..8]);
         let inner = Arc::new(Inner {
@@ -149,14 +185,14 @@ impl ClientBuilder {
 #[derive(Debug)]
 struct Inner {
     cfg: ClientBuilder,
-    conn: Mutex<Option<TcpStream>>,
+    conn: Mutex<Option<Stream>>,
     client_id: u64,
     next_msg: AtomicU64,
 }
 
 impl Inner {
     /// Connects and authenticates, retrying until `until`.
-    fn dial(&self, until: Instant) -> Result<TcpStream, ManagerError> {
+    fn dial(&self, until: Instant) -> Result<Stream, ManagerError> {
         let started = Instant::now();
         let mut pause = Duration::from_millis(10);
         loop {
@@ -179,7 +215,7 @@ impl Inner {
         }
     }
 
-    fn dial_once(&self) -> Result<TcpStream, ManagerError> {
+    fn dial_once(&self) -> Result<Stream, ManagerError> {
         let addr = self
             .cfg
             .addr
@@ -196,11 +232,15 @@ impl Inner {
             .set_read_timeout(Some(Duration::from_millis(100)))
             .map_err(ManagerError::Io)?;
         let max = self.cfg.max_frame;
-        let (mut r, mut w) = (&stream, &stream);
+        let mut stream = match &self.cfg.tls {
+            None => Stream::Plain(stream),
+            Some((config, name)) => tls::connect(config, name, stream).map_err(ManagerError::Io)?,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut in_time = || Instant::now() < deadline;
         let hello: ServerHello =
-            read_frame(&mut r, 4096, Duration::from_secs(10), &mut in_time).map_err(frame_err)?;
+            read_frame(&mut stream, 4096, Duration::from_secs(10), &mut in_time)
+                .map_err(frame_err)?;
         if hello.version != VERSION {
             return Err(ManagerError::Protocol(format!(
                 "the manager speaks version {}, this client {VERSION}",
@@ -211,7 +251,7 @@ impl Inner {
         let mac = proof(&self.cfg.key, CLIENT_LABEL, &hello.nonce, &ours)
             .ok_or_else(|| ManagerError::Auth("cannot compute a proof".to_owned()))?;
         write_frame(
-            &mut w,
+            &mut stream,
             &ClientProof {
                 nonce: ours,
                 mac,
@@ -220,13 +260,15 @@ impl Inner {
             max,
         )
         .map_err(ManagerError::Io)?;
-        let answer: ServerProof = read_frame(&mut r, 4096, Duration::from_secs(10), &mut in_time)
-            .map_err(|e| match e {
-            FrameError::Closed => {
-                ManagerError::Auth("the manager closed the connection".to_owned())
-            }
-            e => frame_err(e),
-        })?;
+        let answer: ServerProof =
+            read_frame(&mut stream, 4096, Duration::from_secs(10), &mut in_time).map_err(|e| {
+                match e {
+                    FrameError::Closed => {
+                        ManagerError::Auth("the manager closed the connection".to_owned())
+                    }
+                    e => frame_err(e),
+                }
+            })?;
         match answer {
             ServerProof::Refused(why) => Err(ManagerError::Auth(why)),
             ServerProof::Accepted { mac } => {
@@ -247,11 +289,11 @@ impl Inner {
         let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         let give_up = Instant::now() + self.cfg.reconnect_for;
         loop {
-            let stream = match conn.take() {
+            let mut stream = match conn.take() {
                 Some(s) => s,
                 None => self.dial(give_up)?,
             };
-            match self.exchange(&stream, req, wait) {
+            match self.exchange(&mut stream, req, wait) {
                 Ok(resp) => {
                     *conn = Some(stream);
                     return Ok(resp);
@@ -269,19 +311,20 @@ impl Inner {
 
     fn exchange(
         &self,
-        stream: &TcpStream,
+        stream: &mut Stream,
         req: &Request,
         wait: Duration,
     ) -> Result<Response, ManagerError> {
-        let (mut r, mut w) = (stream, stream);
-        write_frame(&mut w, req, self.cfg.max_frame).map_err(ManagerError::Io)?;
+        write_frame(stream, req, self.cfg.max_frame).map_err(ManagerError::Io)?;
         // A manager's answer usually comes within microseconds.
-        crate::backoff::poll_briefly(|| readable_now(stream));
+        if stream.is_plain() {
+            crate::backoff::poll_briefly(|| readable_now(stream.tcp()));
+        }
         // The manager answers a waiting request when it is done waiting.
         let deadline = Instant::now() + wait + Duration::from_secs(30);
         let mut in_time = || Instant::now() < deadline;
         read_frame(
-            &mut r,
+            stream,
             self.cfg.max_frame,
             Duration::from_secs(30),
             &mut in_time,
@@ -336,6 +379,8 @@ impl Client {
             admin: false,
             reconnect_for: Duration::from_secs(30),
             max_frame: 64 << 20,
+            tls: None,
+            tls_error: None,
         }
     }
 

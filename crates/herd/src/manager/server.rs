@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use serde_bytes::ByteBuf;
 
 use super::store::{Change, Store};
+use super::tls::{self, Stream};
 use super::wire::{
     CLIENT_LABEL, ClientProof, FrameError, Request, Response, SERVER_LABEL, ServerHello,
     ServerProof, VERSION, nonce, proof, read_frame, verify, write_frame,
@@ -25,7 +26,7 @@ const TICK: Duration = Duration::from_millis(100);
 const REMEMBERED_PUTS: usize = 100_000;
 
 /// Configures a [`Manager`]: Python's `BaseManager(address, authkey)`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use]
 pub struct ManagerBuilder {
     key: Vec<u8>,
@@ -34,6 +35,21 @@ pub struct ManagerBuilder {
     handshake_timeout: Duration,
     allow_shutdown: bool,
     persist: Option<std::path::PathBuf>,
+    tls: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for ManagerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("ManagerBuilder")
+            .field("max_deliveries", &self.max_deliveries)
+            .field("max_frame", &self.max_frame)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("allow_shutdown", &self.allow_shutdown)
+            .field("persist", &self.persist)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ManagerBuilder {
@@ -74,6 +90,15 @@ impl ManagerBuilder {
         self
     }
 
+    /// Serves over TLS (rustls) with this PEM certificate chain and PEM
+    /// private key; clients connect with [`super::ClientBuilder::tls`].
+    /// The HMAC handshake still runs inside it: TLS hides the traffic,
+    /// the key decides who may use the manager.
+    pub fn tls(mut self, cert_chain_pem: &[u8], key_pem: &[u8]) -> Self {
+        self.tls = Some((cert_chain_pem.to_vec(), key_pem.to_vec()));
+        self
+    }
+
     /// Binds `addr` and starts serving.
     pub fn start(self, addr: impl ToSocketAddrs) -> Result<Manager, ManagerError> {
         let mut state = State::default();
@@ -94,6 +119,10 @@ impl ManagerBuilder {
                 Some(store)
             }
         };
+        let tls = match &self.tls {
+            None => None,
+            Some((cert, key)) => Some(tls::server_config(cert, key).map_err(ManagerError::Io)?),
+        };
         let listener = TcpListener::bind(addr).map_err(ManagerError::Io)?;
         let local = listener.local_addr().map_err(ManagerError::Io)?;
         listener.set_nonblocking(true).map_err(ManagerError::Io)?;
@@ -103,6 +132,7 @@ impl ManagerBuilder {
             store,
             changed: Condvar::new(),
             reaper: Condvar::new(),
+            tls,
             stop: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
         });
@@ -166,6 +196,7 @@ struct Shared {
     /// The lease reaper's own timer (woken only to stop).
     reaper: Condvar,
     store: Option<Store>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     stop: AtomicBool,
     next_conn: AtomicU64,
 }
@@ -254,6 +285,7 @@ impl Manager {
             handshake_timeout: Duration::from_secs(5),
             allow_shutdown: false,
             persist: None,
+            tls: None,
         }
     }
 
@@ -366,10 +398,12 @@ fn log(peer: SocketAddr, what: &str) {
     eprintln!("herd manager: {peer}: {what}");
 }
 
-fn serve(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+fn serve(shared: &Arc<Shared>, sock: TcpStream, peer: SocketAddr) {
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-    if let Err(why) = serve_conn(shared, &stream, conn)
+    let tcp = sock.try_clone();
+    if let Err(why) = serve_conn(shared, sock, conn)
         && !matches!(why, FrameError::Closed)
+        && !shared.stopping()
     {
         log(peer, &why.to_string());
     }
@@ -390,22 +424,26 @@ fn serve(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     if !held.is_empty() {
         shared.changed.notify_all();
     }
-    let _ = stream.shutdown(std::net::Shutdown::Both);
+    if let Ok(tcp) = tcp {
+        let _ = tcp.shutdown(std::net::Shutdown::Both);
+    }
 }
 
-fn serve_conn(shared: &Arc<Shared>, stream: &TcpStream, conn: u64) -> Result<(), FrameError> {
+fn serve_conn(shared: &Arc<Shared>, sock: TcpStream, conn: u64) -> Result<(), FrameError> {
     let io = FrameError::Io;
-    stream.set_nodelay(true).map_err(io)?;
-    stream.set_nonblocking(false).map_err(io)?;
-    stream.set_read_timeout(Some(TICK)).map_err(io)?;
+    sock.set_nodelay(true).map_err(io)?;
+    sock.set_nonblocking(false).map_err(io)?;
+    sock.set_read_timeout(Some(TICK)).map_err(io)?;
     let max = shared.cfg.max_frame;
-    let mut reader = stream;
-    let mut writer = stream;
+    let mut stream = match &shared.tls {
+        None => Stream::Plain(sock),
+        Some(config) => tls::accept(config, sock).map_err(io)?,
+    };
 
     // Handshake: our nonce; their nonce and proof; our proof.
     let ours = nonce().map_err(io)?;
     write_frame(
-        &mut writer,
+        &mut stream,
         &ServerHello {
             version: VERSION,
             nonce: ours,
@@ -417,7 +455,7 @@ fn serve_conn(shared: &Arc<Shared>, stream: &TcpStream, conn: u64) -> Result<(),
     let limit = shared.cfg.handshake_timeout;
     let mut in_time = || started.elapsed() < limit && !shared.stopping();
     let hello: ClientProof =
-        read_frame(&mut reader, 4096, limit, &mut in_time).map_err(|e| match e {
+        read_frame(&mut stream, 4096, limit, &mut in_time).map_err(|e| match e {
             FrameError::Io(e)
                 if matches!(
                     e.kind(),
@@ -436,7 +474,7 @@ fn serve_conn(shared: &Arc<Shared>, stream: &TcpStream, conn: u64) -> Result<(),
         &hello.mac,
     ) {
         let _ = write_frame(
-            &mut writer,
+            &mut stream,
             &ServerProof::Refused("wrong key".to_owned()),
             max,
         );
@@ -445,16 +483,18 @@ fn serve_conn(shared: &Arc<Shared>, stream: &TcpStream, conn: u64) -> Result<(),
     let Some(mac) = proof(&shared.cfg.key, SERVER_LABEL, &hello.nonce, &ours) else {
         return Err(FrameError::Malformed("cannot compute a proof".to_owned()));
     };
-    write_frame(&mut writer, &ServerProof::Accepted { mac }, max).map_err(io)?;
+    write_frame(&mut stream, &ServerProof::Accepted { mac }, max).map_err(io)?;
     let admin = hello.admin;
 
     loop {
         // The next request usually follows within microseconds.
-        poll_briefly(|| readable_now(stream));
+        if stream.is_plain() {
+            poll_briefly(|| readable_now(stream.tcp()));
+        }
         let mut keep = || !shared.stopping();
-        let req: Request = read_frame(&mut reader, max, Duration::from_secs(30), &mut keep)?;
+        let req: Request = read_frame(&mut stream, max, Duration::from_secs(30), &mut keep)?;
         let (resp, stop) = handle(shared, conn, admin, req);
-        write_frame(&mut writer, &resp, max).map_err(io)?;
+        write_frame(&mut stream, &resp, max).map_err(io)?;
         if stop {
             shared.stop.store(true, Ordering::Release);
             shared.changed.notify_all();

@@ -212,6 +212,10 @@ fn read_full<R: Read>(
                     }
                 }
             }
+            // TLS reports a peer that left without a close_notify this way.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && got == 0 && between_frames => {
+                return Err(FrameError::Closed);
+            }
             Err(e) => return Err(FrameError::Io(e)),
         }
     }
