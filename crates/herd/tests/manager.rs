@@ -186,29 +186,122 @@ fn a_client_reconnects_after_a_manager_restart() -> Result<(), Failed> {
     Ok(())
 }
 
-fn shutdown_needs_admin_and_permission() -> Result<(), Failed> {
+fn shutdown_needs_the_admin_key() -> Result<(), Failed> {
+    const ADMIN: &[u8] = b"another long random key, for admins only";
     let m = start()?;
     let worker = manager::connect(m.addr(), KEY)?;
     check(
         matches!(worker.shutdown(), Err(ManagerError::Remote(_))),
         "worker refused",
     )?;
-    let admin = manager::connect_admin(m.addr(), KEY)?;
+    // No admin key configured: no admin connection at all.
+    let admin = manager::Client::builder(m.addr(), ADMIN)
+        .admin(true)
+        .reconnect_for(Duration::ZERO)
+        .connect();
     check(
-        matches!(admin.shutdown(), Err(ManagerError::Remote(_))),
-        "not allowed",
+        matches!(admin, Err(ManagerError::Auth(_))),
+        "no admin connections",
     )?;
-    check(!m.is_stopped(), "still up")?;
+    // The workers' key does not open an admin connection.
     let m2 = Manager::builder(KEY)
-        .allow_shutdown(true)
+        .admin_key(ADMIN)
         .start("127.0.0.1:0")?;
-    let worker = manager::connect(m2.addr(), KEY)?;
+    let posing = manager::Client::builder(m2.addr(), KEY)
+        .admin(true)
+        .reconnect_for(Duration::ZERO)
+        .connect();
     check(
-        matches!(worker.shutdown(), Err(ManagerError::Remote(_))),
-        "worker refused",
+        matches!(posing, Err(ManagerError::Auth(_))),
+        "worker key refused for admin",
     )?;
-    manager::connect_admin(m2.addr(), KEY)?.shutdown()?;
+    check(!m2.is_stopped(), "still up")?;
+    manager::connect_admin(m2.addr(), ADMIN)?.shutdown()?;
     check(m2.is_stopped(), "stopped by admin")
+}
+
+fn a_lease_from_before_a_restart_cannot_touch_a_new_one() -> Result<(), Failed> {
+    let m = start()?;
+    let addr = m.addr();
+    let a = manager::connect(addr, KEY)?;
+    let b = manager::connect(addr, KEY)?;
+    a.queue::<u8>("q").put(&1)?;
+    let held = a.queue::<u8>("q").get_timeout(GUARD)?.ok_or("a's task")?;
+    m.shutdown();
+    drop(m);
+    let m2 = start_at(addr)?;
+    b.queue::<u8>("q").put(&2)?;
+    let b_task = b.queue::<u8>("q").get_timeout(GUARD)?.ok_or("b's task")?;
+    // A's stale ack must not remove B's lease.
+    check(
+        matches!(held.ack(), Err(ManagerError::LeaseLost(_))),
+        "stale ack refused",
+    )?;
+    check(m2.leased() == 1, "b's lease intact")?;
+    b_task.ack()?;
+    Ok(())
+}
+
+fn start_at(addr: std::net::SocketAddr) -> Result<Manager, Failed> {
+    Ok(Manager::builder(KEY).start(addr)?)
+}
+
+fn answers_stay_within_the_frame_limit() -> Result<(), Failed> {
+    let m = Manager::builder(KEY)
+        .max_frame(1 << 20)
+        .start("127.0.0.1:0")?;
+    let c = manager::connect(m.addr(), KEY)?;
+    let q = c.queue::<serde_bytes::ByteBuf>("q");
+    for _ in 0..5 {
+        q.put(&serde_bytes::ByteBuf::from(vec![7u8; 300 << 10]))?;
+    }
+    let mut got = 0;
+    while got < 5 {
+        let batch = q.get_many(10, GUARD, Duration::from_secs(30))?;
+        check(
+            !batch.is_empty() && batch.len() <= 3,
+            format!("{} in one answer", batch.len()),
+        )?;
+        check(batch.iter().all(|d| d.deliveries == 1), "delivered once")?;
+        got += batch.len();
+        c.ack_many(batch)?;
+    }
+    check(m.len("q.dead") == 0, "nothing dead")?;
+    // An item too large for any answer is refused at put.
+    let too_big = q.put(&serde_bytes::ByteBuf::from(vec![0u8; (1 << 20) - 100]));
+    check(too_big.is_err(), "oversize item refused")?;
+    // A huge wait is no wait at all to overflow.
+    q.put(&serde_bytes::ByteBuf::from(vec![1u8]))?;
+    check(q.get_timeout(Duration::MAX)?.is_some(), "Duration::MAX")
+}
+
+fn a_trickling_peer_is_dropped_at_the_handshake_deadline() -> Result<(), Failed> {
+    let m = Manager::builder(KEY)
+        .handshake_timeout(Duration::from_millis(300))
+        .start("127.0.0.1:0")?;
+    let mut s = TcpStream::connect(m.addr())?;
+    s.set_read_timeout(Some(Duration::from_millis(10)))?;
+    let t = Instant::now();
+    let mut dropped = false;
+    // One byte of a frame every 50 ms: each read on the manager's side
+    // succeeds, so only a deadline checked after every read stops it.
+    for b in [0u8, 0, 0, 100].iter().chain([1u8; 100].iter()) {
+        if s.write_all(&[*b]).is_err() {
+            dropped = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let mut buf = [0u8; 256];
+        if let Ok(0) = s.read(&mut buf) {
+            dropped = true;
+            break;
+        }
+    }
+    check(dropped, "the trickler was dropped")?;
+    check(
+        t.elapsed() < Duration::from_secs(3),
+        format!("after {:?}", t.elapsed()),
+    )
 }
 
 fn batches_put_get_and_ack_many() -> Result<(), Failed> {
@@ -330,9 +423,18 @@ fn main() {
             "a_client_reconnects_after_a_manager_restart",
             a_client_reconnects_after_a_manager_restart,
         ),
+        Trial::test("shutdown_needs_the_admin_key", shutdown_needs_the_admin_key),
         Trial::test(
-            "shutdown_needs_admin_and_permission",
-            shutdown_needs_admin_and_permission,
+            "a_lease_from_before_a_restart_cannot_touch_a_new_one",
+            a_lease_from_before_a_restart_cannot_touch_a_new_one,
+        ),
+        Trial::test(
+            "answers_stay_within_the_frame_limit",
+            answers_stay_within_the_frame_limit,
+        ),
+        Trial::test(
+            "a_trickling_peer_is_dropped_at_the_handshake_deadline",
+            a_trickling_peer_is_dropped_at_the_handshake_deadline,
         ),
     ];
     libtest_mimic::run(&args, tests).exit();

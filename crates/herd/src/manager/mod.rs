@@ -23,8 +23,19 @@
 //!   recognised and not added twice; a lease held by the broken connection
 //!   was given back, so its ack reports [`ManagerError::LeaseLost`] and the
 //!   task runs again elsewhere.
-//! * **Admin**: `shutdown` needs a client connected with admin rights and a
-//!   manager that allows it; workers cannot.
+//! * **Admin**: `shutdown` needs a client authenticated with the manager's
+//!   separate admin key ([`ManagerBuilder::admin_key`], off by default);
+//!   the workers' key cannot open an admin connection (the role is part of
+//!   the authenticated handshake).
+//! * **Limits**: at most 1 024 connections (64 still authenticating); the
+//!   whole handshake, TLS included, has one deadline; a frame must complete
+//!   within 30 s however slowly it trickles; an answer never exceeds the
+//!   frame limit (a `get_many` returns fewer items instead); an item too
+//!   large for any answer is refused at `put`.
+//! * **One request at a time per client**: calls on one `Client` (and its
+//!   deliveries' acks and heartbeats) wait for each other, so a heartbeat
+//!   sent while another thread waits in `get_timeout` waits too; use a
+//!   second `Client` for heartbeats in that case.
 //!
 //! * **Persistence** (optional, [`ManagerBuilder::persist`]): accepted items
 //!   and results in an embedded database (redb), committed before the
@@ -56,8 +67,9 @@ use thiserror::Error;
 pub use server::{Manager, ManagerBuilder};
 use tls::Stream;
 use wire::{
-    CLIENT_LABEL, ClientProof, FrameError, Request, Response, SERVER_LABEL, ServerHello,
-    ServerProof, VERSION, nonce, proof, read_frame, verify, write_frame,
+    ADMIN_CLIENT_LABEL, ADMIN_SERVER_LABEL, CLIENT_LABEL, ClientProof, FrameError, Request,
+    Response, SERVER_LABEL, ServerHello, ServerProof, VERSION, nonce, proof, read_frame, verify,
+    write_frame,
 };
 
 use crate::task::{decode, encode};
@@ -104,9 +116,10 @@ pub fn connect(addr: impl ToString, key: &[u8]) -> Result<Client, ManagerError> 
     Client::builder(addr, key).connect()
 }
 
-/// Connects with admin rights (for [`Client::shutdown`]).
-pub fn connect_admin(addr: impl ToString, key: &[u8]) -> Result<Client, ManagerError> {
-    Client::builder(addr, key).admin(true).connect()
+/// Connects with admin rights (for [`Client::shutdown`]), with the
+/// manager's *admin* key ([`ManagerBuilder::admin_key`]).
+pub fn connect_admin(addr: impl ToString, admin_key: &[u8]) -> Result<Client, ManagerError> {
+    Client::builder(addr, admin_key).admin(true).connect()
 }
 
 /// Configures a [`Client`].
@@ -135,7 +148,7 @@ impl std::fmt::Debug for ClientBuilder {
 }
 
 impl ClientBuilder {
-    /// Ask for admin rights.
+    /// Ask for admin rights (the key is then the manager's admin key).
     pub fn admin(mut self, admin: bool) -> Self {
         self.admin = admin;
         self
@@ -168,15 +181,17 @@ impl ClientBuilder {
         }
         let mut id = [0u8; 8];
         id.copy_from_slice(&nonce().map_err(ManagerError::Io)?[..8]);
+        let frame_limit = self.max_frame;
         let inner = Arc::new(Inner {
             cfg: self,
             conn: Mutex::new(None),
             client_id: u64::from_le_bytes(id),
             next_msg: AtomicU64::new(1),
+            frame_limit: std::sync::atomic::AtomicUsize::new(frame_limit),
         });
         {
             let mut conn = inner.conn.lock().unwrap_or_else(PoisonError::into_inner);
-            *conn = Some(inner.dial(Instant::now() + inner.cfg.reconnect_for)?);
+            *conn = Some(inner.dial(server::deadline_after(inner.cfg.reconnect_for))?);
         }
         Ok(Client { inner })
     }
@@ -188,6 +203,8 @@ struct Inner {
     conn: Mutex<Option<Stream>>,
     client_id: u64,
     next_msg: AtomicU64,
+    /// The smaller of this client's and the manager's frame limits.
+    frame_limit: std::sync::atomic::AtomicUsize,
 }
 
 impl Inner {
@@ -229,12 +246,20 @@ impl Inner {
             TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(ManagerError::Io)?;
         stream.set_nodelay(true).map_err(ManagerError::Io)?;
         stream
+            .set_write_timeout(Some(Duration::from_secs(30)))
+            .map_err(ManagerError::Io)?;
+        stream
             .set_read_timeout(Some(Duration::from_millis(100)))
             .map_err(ManagerError::Io)?;
         let max = self.cfg.max_frame;
         let mut stream = match &self.cfg.tls {
             None => Stream::Plain(stream),
-            Some((config, name)) => tls::connect(config, name, stream).map_err(ManagerError::Io)?,
+            Some((config, name)) => {
+                let mut s = tls::connect(config, name, stream).map_err(ManagerError::Io)?;
+                s.complete_handshake(Instant::now() + Duration::from_secs(10))
+                    .map_err(|e| ManagerError::Auth(format!("TLS: {e}")))?;
+                s
+            }
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut in_time = || Instant::now() < deadline;
@@ -247,8 +272,16 @@ impl Inner {
                 hello.version
             )));
         }
+        let limit = usize::try_from(hello.max_frame).unwrap_or(usize::MAX);
+        self.frame_limit
+            .store(limit.min(self.cfg.max_frame), Ordering::Relaxed);
         let ours = nonce().map_err(ManagerError::Io)?;
-        let mac = proof(&self.cfg.key, CLIENT_LABEL, &hello.nonce, &ours)
+        let (client_label, server_label) = if self.cfg.admin {
+            (ADMIN_CLIENT_LABEL, ADMIN_SERVER_LABEL)
+        } else {
+            (CLIENT_LABEL, SERVER_LABEL)
+        };
+        let mac = proof(&self.cfg.key, client_label, &hello.nonce, &ours)
             .ok_or_else(|| ManagerError::Auth("cannot compute a proof".to_owned()))?;
         write_frame(
             &mut stream,
@@ -272,7 +305,7 @@ impl Inner {
         match answer {
             ServerProof::Refused(why) => Err(ManagerError::Auth(why)),
             ServerProof::Accepted { mac } => {
-                if verify(&self.cfg.key, SERVER_LABEL, &ours, &hello.nonce, &mac) {
+                if verify(&self.cfg.key, server_label, &ours, &hello.nonce, &mac) {
                     Ok(stream)
                 } else {
                     Err(ManagerError::Auth(
@@ -287,7 +320,9 @@ impl Inner {
     /// the connection breaks.
     fn call(&self, req: &Request, wait: Duration) -> Result<Response, ManagerError> {
         let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
-        let give_up = Instant::now() + self.cfg.reconnect_for;
+        let give_up = server::deadline_after(self.cfg.reconnect_for);
+        let mut pause = Duration::from_millis(10);
+        let mut failed = false;
         loop {
             let mut stream = match conn.take() {
                 Some(s) => s,
@@ -298,12 +333,23 @@ impl Inner {
                     *conn = Some(stream);
                     return Ok(resp);
                 }
-                Err(e @ (ManagerError::Protocol(_) | ManagerError::Codec(_))) => return Err(e),
+                Err(e @ (ManagerError::Protocol(_) | ManagerError::Codec(_))) => {
+                    // The stream may be out of step: start afresh next time.
+                    return Err(e);
+                }
                 Err(e) => {
-                    // The connection broke: a new one, and the request again.
+                    // The connection broke: a new one, and the request again
+                    // (pausing if it breaks again at once).
                     if Instant::now() >= give_up {
                         return Err(e);
                     }
+                    if failed {
+                        std::thread::sleep(
+                            pause.min(give_up.saturating_duration_since(Instant::now())),
+                        );
+                        pause = (pause * 2).min(Duration::from_millis(500));
+                    }
+                    failed = true;
                 }
             }
         }
@@ -315,13 +361,21 @@ impl Inner {
         req: &Request,
         wait: Duration,
     ) -> Result<Response, ManagerError> {
-        write_frame(stream, req, self.cfg.max_frame).map_err(ManagerError::Io)?;
+        let limit = self.frame_limit.load(Ordering::Relaxed);
+        write_frame(stream, req, limit).map_err(|e| {
+            if e.kind() == io::ErrorKind::InvalidInput {
+                // Over the limit: refused here, before anything was sent.
+                ManagerError::Codec(e.to_string())
+            } else {
+                ManagerError::Io(e)
+            }
+        })?;
         // A manager's answer usually comes within microseconds.
         if stream.is_plain() {
             crate::backoff::poll_briefly(|| readable_now(stream.tcp()));
         }
         // The manager answers a waiting request when it is done waiting.
-        let deadline = Instant::now() + wait + Duration::from_secs(30);
+        let deadline = server::deadline_after(wait.saturating_add(Duration::from_secs(30)));
         let mut in_time = || Instant::now() < deadline;
         read_frame(
             stream,

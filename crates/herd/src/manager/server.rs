@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -14,16 +14,24 @@ use serde_bytes::ByteBuf;
 use super::store::{Change, Store};
 use super::tls::{self, Stream};
 use super::wire::{
-    CLIENT_LABEL, ClientProof, FrameError, Request, Response, SERVER_LABEL, ServerHello,
-    ServerProof, VERSION, nonce, proof, read_frame, verify, write_frame,
+    ADMIN_CLIENT_LABEL, ADMIN_SERVER_LABEL, CLIENT_LABEL, ClientProof, FrameError, Request,
+    Response, SERVER_LABEL, ServerHello, ServerProof, VERSION, nonce, proof, read_frame, verify,
+    write_frame,
 };
 use super::{ManagerError, readable_now};
 use crate::backoff::poll_briefly;
 
 /// How often idle connection threads and the lease reaper look around.
 const TICK: Duration = Duration::from_millis(100);
-/// Put ids remembered per manager, to make retried puts harmless.
-const REMEMBERED_PUTS: usize = 100_000;
+/// Acknowledged leases remembered, to answer a retried ack.
+const REMEMBERED_ACKS: usize = 100_000;
+/// Room kept in a frame for everything around an item's body.
+const FRAME_SLACK: usize = 4096;
+/// Connections served at once, and of those still authenticating.
+const MAX_CONNECTIONS: usize = 1024;
+const MAX_HANDSHAKING: usize = 64;
+/// How long a write to a peer may block.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Configures a [`Manager`]: Python's `BaseManager(address, authkey)`.
 #[derive(Clone)]
@@ -33,7 +41,7 @@ pub struct ManagerBuilder {
     max_deliveries: u32,
     max_frame: usize,
     handshake_timeout: Duration,
-    allow_shutdown: bool,
+    admin_key: Option<Vec<u8>>,
     persist: Option<std::path::PathBuf>,
     tls: Option<(Vec<u8>, Vec<u8>)>,
 }
@@ -45,7 +53,7 @@ impl std::fmt::Debug for ManagerBuilder {
             .field("max_deliveries", &self.max_deliveries)
             .field("max_frame", &self.max_frame)
             .field("handshake_timeout", &self.handshake_timeout)
-            .field("allow_shutdown", &self.allow_shutdown)
+            .field("admin", &self.admin_key.is_some())
             .field("persist", &self.persist)
             .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
@@ -73,10 +81,11 @@ impl ManagerBuilder {
         self
     }
 
-    /// Lets clients connected with admin rights ([`super::connect_admin`])
-    /// stop the manager. Off by default.
-    pub fn allow_shutdown(mut self, allow: bool) -> Self {
-        self.allow_shutdown = allow;
+    /// Enables admin connections ([`super::connect_admin`] with this key,
+    /// which must differ from the workers' key): only they may stop the
+    /// manager. Without it (the default) no client can.
+    pub fn admin_key(mut self, key: &[u8]) -> Self {
+        self.admin_key = Some(key.to_vec());
         self
     }
 
@@ -116,9 +125,13 @@ impl ManagerBuilder {
                     });
                 }
                 state.results.extend(loaded.results);
+                state.last_msg.extend(loaded.clients);
                 Some(store)
             }
         };
+        let mut seed = [0u8; 8];
+        seed.copy_from_slice(&nonce().map_err(ManagerError::Io)?[..8]);
+        state.next_lease = u64::from_le_bytes(seed);
         let tls = match &self.tls {
             None => None,
             Some((cert, key)) => Some(tls::server_config(cert, key).map_err(ManagerError::Io)?),
@@ -133,6 +146,8 @@ impl ManagerBuilder {
             changed: Condvar::new(),
             reaper: Condvar::new(),
             tls,
+            handshaking: AtomicUsize::new(0),
+            sockets: Mutex::new(HashMap::new()),
             stop: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
         });
@@ -176,15 +191,39 @@ struct State {
     queues: HashMap<String, VecDeque<Item>>,
     leases: HashMap<u64, Lease>,
     results: HashMap<String, Vec<u8>>,
-    puts_seen: HashSet<(u64, u64)>,
-    puts_order: VecDeque<(u64, u64)>,
+    /// Per client, the highest put message id accepted (a client sends one
+    /// request at a time with rising ids, so anything at or below it is a
+    /// retry).
+    last_msg: HashMap<u64, u64>,
+    /// Leases acknowledged lately (a retried ack whose answer was lost).
+    acked: HashSet<u64>,
+    acked_order: VecDeque<u64>,
     next_id: u64,
+    /// Lease ids start at a random point each run, so a lease from before
+    /// a restart cannot name one handed out after it.
+    next_lease: u64,
 }
 
 impl State {
     fn next(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
+    }
+
+    fn lease_id(&mut self) -> u64 {
+        self.next_lease = self.next_lease.wrapping_add(1);
+        self.next_lease
+    }
+
+    fn remember_ack(&mut self, lease: u64) {
+        if self.acked.insert(lease) {
+            self.acked_order.push_back(lease);
+            if self.acked_order.len() > REMEMBERED_ACKS
+                && let Some(old) = self.acked_order.pop_front()
+            {
+                self.acked.remove(&old);
+            }
+        }
     }
 }
 
@@ -197,6 +236,10 @@ struct Shared {
     reaper: Condvar,
     store: Option<Store>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// Connections still authenticating.
+    handshaking: AtomicUsize,
+    /// A copy of every connection's socket, to shut them all down on stop.
+    sockets: Mutex<HashMap<u64, TcpStream>>,
     stop: AtomicBool,
     next_conn: AtomicU64,
 }
@@ -227,10 +270,14 @@ impl Shared {
                     deliveries: lease.item.deliveries,
                 },
             ]);
-            if let Err(e) = moved {
-                eprintln!("herd manager: moving item {} to {dead}: {e}", lease.item.id);
+            match moved {
+                Ok(()) => dead,
+                Err(e) => {
+                    // Memory follows the disk: the item stays where it is.
+                    eprintln!("herd manager: moving item {} to {dead}: {e}", lease.item.id);
+                    lease.queue
+                }
             }
-            dead
         } else {
             lease.queue
         };
@@ -283,7 +330,7 @@ impl Manager {
             max_deliveries: 5,
             max_frame: 64 << 20,
             handshake_timeout: Duration::from_secs(5),
-            allow_shutdown: false,
+            admin_key: None,
             persist: None,
             tls: None,
         }
@@ -339,6 +386,14 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
     while !shared.stopping() {
         match listener.accept() {
             Ok((stream, peer)) => {
+                conns.retain(|h| !h.is_finished());
+                let handshaking = shared.handshaking.load(Ordering::Acquire);
+                if conns.len() >= MAX_CONNECTIONS || handshaking >= MAX_HANDSHAKING {
+                    log(peer, "refused: too many connections");
+                    drop(stream);
+                    continue;
+                }
+                shared.handshaking.fetch_add(1, Ordering::AcqRel);
                 let shared = Arc::clone(shared);
                 let spawned = std::thread::Builder::new()
                     .name("herd-manager-conn".to_owned())
@@ -346,7 +401,6 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
                 if let Ok(h) = spawned {
                     conns.push(h);
                 }
-                conns.retain(|h| !h.is_finished());
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 let _ = crate::os::wait_readable(
@@ -355,9 +409,20 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
                 );
             }
             Err(_) => {
-                // A connection that failed before we took it (reset): next.
+                // Out of descriptors, or a connection reset before we took
+                // it: wait a little rather than spin.
+                std::thread::sleep(TICK);
             }
         }
+    }
+    // Unblock every connection, then wait for them (each exits at once).
+    for tcp in shared
+        .sockets
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .values()
+    {
+        let _ = tcp.shutdown(std::net::Shutdown::Both);
     }
     for h in conns {
         let _ = h.join();
@@ -401,12 +466,30 @@ fn log(peer: SocketAddr, what: &str) {
 fn serve(shared: &Arc<Shared>, sock: TcpStream, peer: SocketAddr) {
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let tcp = sock.try_clone();
-    if let Err(why) = serve_conn(shared, sock, conn)
+    if let Ok(t) = &tcp
+        && let Ok(t) = t.try_clone()
+    {
+        shared
+            .sockets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(conn, t);
+    }
+    let mut authenticated = false;
+    if let Err(why) = serve_conn(shared, sock, conn, &mut authenticated)
         && !matches!(why, FrameError::Closed)
         && !shared.stopping()
     {
         log(peer, &why.to_string());
     }
+    if !authenticated {
+        shared.handshaking.fetch_sub(1, Ordering::AcqRel);
+    }
+    shared
+        .sockets
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(&conn);
     // Whatever this client held goes back: at least once.
     let mut st = shared.lock();
     let held: Vec<u64> = st
@@ -429,33 +512,57 @@ fn serve(shared: &Arc<Shared>, sock: TcpStream, peer: SocketAddr) {
     }
 }
 
-fn serve_conn(shared: &Arc<Shared>, sock: TcpStream, conn: u64) -> Result<(), FrameError> {
+/// Whether the peer has hung up (a read would return end of file now).
+fn hung_up(tcp: &TcpStream) -> bool {
+    if !readable_now(tcp) {
+        return false;
+    }
+    let mut b = [0u8; 1];
+    matches!(tcp.peek(&mut b), Ok(0))
+}
+
+fn serve_conn(
+    shared: &Arc<Shared>,
+    sock: TcpStream,
+    conn: u64,
+    authenticated: &mut bool,
+) -> Result<(), FrameError> {
     let io = FrameError::Io;
     sock.set_nodelay(true).map_err(io)?;
     sock.set_nonblocking(false).map_err(io)?;
     sock.set_read_timeout(Some(TICK)).map_err(io)?;
+    sock.set_write_timeout(Some(WRITE_TIMEOUT)).map_err(io)?;
     let max = shared.cfg.max_frame;
+    // The whole handshake (TLS included) has one deadline.
+    let limit = shared.cfg.handshake_timeout;
+    let handshake_ends = deadline_after(limit);
     let mut stream = match &shared.tls {
         None => Stream::Plain(sock),
-        Some(config) => tls::accept(config, sock).map_err(io)?,
+        Some(config) => {
+            let mut s = tls::accept(config, sock).map_err(io)?;
+            s.complete_handshake(handshake_ends)
+                .map_err(|e| match e.kind() {
+                    io::ErrorKind::TimedOut => {
+                        FrameError::Malformed(format!("no TLS handshake within {limit:?}"))
+                    }
+                    _ => FrameError::Io(e),
+                })?;
+            s
+        }
     };
 
-    // Handshake: our nonce; their nonce and proof; our proof.
+    // Our nonce; their nonce and proof; our proof.
     let ours = nonce().map_err(io)?;
-    write_frame(
-        &mut stream,
-        &ServerHello {
-            version: VERSION,
-            nonce: ours,
-        },
-        max,
-    )
-    .map_err(io)?;
-    let started = Instant::now();
-    let limit = shared.cfg.handshake_timeout;
-    let mut in_time = || started.elapsed() < limit && !shared.stopping();
+    let hello = ServerHello {
+        version: VERSION,
+        nonce: ours,
+        max_frame: max as u64,
+    };
+    write_frame(&mut stream, &hello, max).map_err(io)?;
+    let mut in_time = || Instant::now() < handshake_ends && !shared.stopping();
+    let left = handshake_ends.saturating_duration_since(Instant::now());
     let hello: ClientProof =
-        read_frame(&mut stream, 4096, limit, &mut in_time).map_err(|e| match e {
+        read_frame(&mut stream, 4096, left, &mut in_time).map_err(|e| match e {
             FrameError::Io(e)
                 if matches!(
                     e.kind(),
@@ -466,13 +573,24 @@ fn serve_conn(shared: &Arc<Shared>, sock: TcpStream, conn: u64) -> Result<(), Fr
             }
             e => e,
         })?;
-    if !verify(
-        &shared.cfg.key,
-        CLIENT_LABEL,
-        &ours,
-        &hello.nonce,
-        &hello.mac,
-    ) {
+    let (key, client_label, server_label) = if hello.admin {
+        match &shared.cfg.admin_key {
+            Some(k) => (k.as_slice(), ADMIN_CLIENT_LABEL, ADMIN_SERVER_LABEL),
+            None => {
+                let _ = write_frame(
+                    &mut stream,
+                    &ServerProof::Refused("this manager takes no admin connections".to_owned()),
+                    max,
+                );
+                return Err(FrameError::Malformed(
+                    "refused: admin not enabled".to_owned(),
+                ));
+            }
+        }
+    } else {
+        (shared.cfg.key.as_slice(), CLIENT_LABEL, SERVER_LABEL)
+    };
+    if !verify(key, client_label, &ours, &hello.nonce, &hello.mac) {
         let _ = write_frame(
             &mut stream,
             &ServerProof::Refused("wrong key".to_owned()),
@@ -480,11 +598,13 @@ fn serve_conn(shared: &Arc<Shared>, sock: TcpStream, conn: u64) -> Result<(), Fr
         );
         return Err(FrameError::Malformed("refused: wrong key".to_owned()));
     }
-    let Some(mac) = proof(&shared.cfg.key, SERVER_LABEL, &hello.nonce, &ours) else {
+    let Some(mac) = proof(key, server_label, &hello.nonce, &ours) else {
         return Err(FrameError::Malformed("cannot compute a proof".to_owned()));
     };
     write_frame(&mut stream, &ServerProof::Accepted { mac }, max).map_err(io)?;
     let admin = hello.admin;
+    *authenticated = true;
+    shared.handshaking.fetch_sub(1, Ordering::AcqRel);
 
     loop {
         // The next request usually follows within microseconds.
@@ -493,11 +613,19 @@ fn serve_conn(shared: &Arc<Shared>, sock: TcpStream, conn: u64) -> Result<(), Fr
         }
         let mut keep = || !shared.stopping();
         let req: Request = read_frame(&mut stream, max, Duration::from_secs(30), &mut keep)?;
-        let (resp, stop) = handle(shared, conn, admin, req);
-        write_frame(&mut stream, &resp, max).map_err(io)?;
+        let (resp, stop) = {
+            let tcp = stream.tcp();
+            let alive = || !hung_up(tcp);
+            handle(shared, conn, admin, &alive, req)
+        };
+        if let Err(e) = write_frame(&mut stream, &resp, max) {
+            undeliver(shared, conn, &resp);
+            return Err(io(e));
+        }
         if stop {
             shared.stop.store(true, Ordering::Release);
             shared.changed.notify_all();
+            shared.reaper.notify_all();
             return Ok(());
         }
     }
@@ -512,37 +640,48 @@ fn put_items(
     client: u64,
     msg: u64,
 ) -> Response {
+    let budget = shared.cfg.max_frame.saturating_sub(FRAME_SLACK);
+    if let Some(big) = bodies.iter().find(|b| b.len() > budget) {
+        return Response::Error(format!(
+            "an item of {} bytes is over this manager's {budget}-byte item limit",
+            big.len()
+        ));
+    }
     let mut st = shared.lock();
+    let seen = st.last_msg.get(&client).copied();
     let mut fresh = Vec::with_capacity(bodies.len());
     for (i, body) in bodies.into_iter().enumerate() {
-        let key = (client, msg.wrapping_add(i as u64));
-        if !st.puts_seen.contains(&key) {
+        let m = msg.wrapping_add(i as u64);
+        if seen.is_none_or(|last| m > last) {
             let id = st.next();
-            fresh.push((key, id, body.into_vec()));
+            fresh.push((id, body.into_vec()));
         }
     }
-    let changes: Vec<Change<'_>> = fresh
+    let last = msg
+        .wrapping_add(fresh.len().saturating_sub(1) as u64)
+        .max(seen.unwrap_or(0));
+    let mut changes: Vec<Change<'_>> = fresh
         .iter()
-        .map(|(_, id, body)| Change::Put {
+        .map(|(id, body)| Change::Put {
             queue: &queue,
             id: *id,
             body,
             deliveries: 0,
         })
         .collect();
+    if !fresh.is_empty() {
+        changes.push(Change::Client { client, last });
+    }
     if let Err(e) = shared.persist(&changes) {
         return Response::Error(format!("not accepted: {e}"));
     }
     drop(changes);
-    for (key, id, body) in fresh {
-        st.puts_seen.insert(key);
-        st.puts_order.push_back(key);
-        if st.puts_order.len() > REMEMBERED_PUTS
-            && let Some(old) = st.puts_order.pop_front()
-        {
-            st.puts_seen.remove(&old);
-        }
-        st.queues.entry(queue.clone()).or_default().push_back(Item {
+    if !fresh.is_empty() {
+        st.last_msg.insert(client, last);
+    }
+    let q = st.queues.entry(queue).or_default();
+    for (id, body) in fresh {
+        q.push_back(Item {
             id,
             body,
             deliveries: 0,
@@ -565,7 +704,106 @@ fn forget(shared: &Shared, done: &[(String, u64)]) {
     }
 }
 
-fn handle(shared: &Shared, conn: u64, admin: bool, req: Request) -> (Response, bool) {
+/// Takes up to `max` items from `queue` under leases for `conn`, keeping
+/// the answer's size within the frame limit (at least one item).
+fn lease_items(
+    shared: &Shared,
+    st: &mut State,
+    queue: &str,
+    max: usize,
+    conn: u64,
+    lease_for: Duration,
+) -> Vec<(u64, u64, ByteBuf, u32)> {
+    let budget = shared.cfg.max_frame.saturating_sub(FRAME_SLACK);
+    let mut size = 0;
+    let mut out = Vec::new();
+    while out.len() < max.max(1) {
+        let fits = st
+            .queues
+            .get(queue)
+            .and_then(VecDeque::front)
+            .is_some_and(|item| out.is_empty() || size + item.body.len() + 64 <= budget);
+        if !fits {
+            break;
+        }
+        let Some(mut item) = st.queues.get_mut(queue).and_then(VecDeque::pop_front) else {
+            break;
+        };
+        size += item.body.len() + 64;
+        item.deliveries += 1;
+        let lease = st.lease_id();
+        out.push((
+            lease,
+            item.id,
+            ByteBuf::from(item.body.clone()),
+            item.deliveries,
+        ));
+        st.leases.insert(
+            lease,
+            Lease {
+                queue: queue.to_owned(),
+                item,
+                conn,
+                deadline: deadline_after(lease_for),
+            },
+        );
+    }
+    out
+}
+
+/// `now + d`, or a century away when that overflows.
+pub(super) fn deadline_after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
+}
+
+/// Undoes the deliveries of an answer that could not be written: the
+/// items go back, their delivery not counted (the client never saw them).
+fn undeliver(shared: &Shared, conn: u64, resp: &Response) {
+    let leases: Vec<u64> = match resp {
+        Response::Delivery { lease, .. } => vec![*lease],
+        Response::Deliveries(items) => items.iter().map(|(l, ..)| *l).collect(),
+        _ => return,
+    };
+    let mut st = shared.lock();
+    for l in leases.into_iter().rev() {
+        if st.leases.get(&l).is_some_and(|x| x.conn == conn)
+            && let Some(mut lease) = st.leases.remove(&l)
+        {
+            lease.item.deliveries = lease.item.deliveries.saturating_sub(1);
+            st.queues
+                .entry(lease.queue)
+                .or_default()
+                .push_front(lease.item);
+        }
+    }
+    drop(st);
+    shared.changed.notify_all();
+}
+
+/// Takes a lease out of the table if `conn` holds it; an error naming why
+/// not otherwise.
+fn take_lease(st: &mut State, lease: u64, conn: u64) -> Result<Lease, String> {
+    match st.leases.get(&lease) {
+        Some(l) if l.conn == conn => st
+            .leases
+            .remove(&lease)
+            .ok_or_else(|| "the lease vanished".to_owned()),
+        Some(_) => Err(format!("lease {lease} belongs to another connection")),
+        None => Err(format!(
+            "lease {lease} is unknown: it lapsed or its connection ended, and the task was given back"
+        )),
+    }
+}
+
+fn handle(
+    shared: &Shared,
+    conn: u64,
+    admin: bool,
+    alive: &dyn Fn() -> bool,
+    req: Request,
+) -> (Response, bool) {
     let resp = match req {
         Request::Put {
             queue,
@@ -579,134 +817,79 @@ fn handle(shared: &Shared, conn: u64, admin: bool, req: Request) -> (Response, b
             client,
             msg,
         } => put_items(shared, queue, bodies, client, msg),
+        Request::Get {
+            queue,
+            wait_ms,
+            lease_ms,
+        } => wait_for_items(shared, &queue, 1, wait_ms, lease_ms, conn, alive).map_or_else(
+            Response::Error,
+            |mut items| match items.pop() {
+                Some((lease, id, body, deliveries)) => Response::Delivery {
+                    lease,
+                    id,
+                    body,
+                    deliveries,
+                },
+                None => Response::Empty,
+            },
+        ),
         Request::GetMany {
             queue,
             max,
             wait_ms,
             lease_ms,
-        } => {
-            let deadline = Instant::now() + Duration::from_millis(wait_ms.min(86_400_000));
-            let lease_for = Duration::from_millis(lease_ms.clamp(1, 86_400_000));
-            let mut st = shared.lock();
-            loop {
-                let ready = st.queues.get(&queue).is_some_and(|q| !q.is_empty());
-                if ready {
-                    let mut out = Vec::new();
-                    while out.len() < max.max(1) as usize {
-                        let Some(mut item) =
-                            st.queues.get_mut(&queue).and_then(VecDeque::pop_front)
-                        else {
-                            break;
-                        };
-                        item.deliveries += 1;
-                        let lease = st.next();
-                        out.push((
-                            lease,
-                            item.id,
-                            ByteBuf::from(item.body.clone()),
-                            item.deliveries,
-                        ));
-                        st.leases.insert(
-                            lease,
-                            Lease {
-                                queue: queue.clone(),
-                                item,
-                                conn,
-                                deadline: Instant::now() + lease_for,
-                            },
-                        );
-                    }
-                    break Response::Deliveries(out);
-                }
-                if shared.stopping() {
-                    break Response::Error("the manager is shutting down".to_owned());
-                }
-                if Instant::now() >= deadline {
-                    break Response::Deliveries(Vec::new());
-                }
-                st = shared.wait(st, deadline);
-            }
-        }
+        } => wait_for_items(shared, &queue, max as usize, wait_ms, lease_ms, conn, alive)
+            .map_or_else(Response::Error, Response::Deliveries),
         Request::AckMany { leases } => {
             let mut st = shared.lock();
             let mut unknown = Vec::new();
             let mut done = Vec::new();
             for l in leases {
-                match st.leases.remove(&l) {
-                    Some(lease) => done.push((lease.queue, lease.item.id)),
-                    None => unknown.push(l),
+                match take_lease(&mut st, l, conn) {
+                    Ok(lease) => {
+                        st.remember_ack(l);
+                        done.push((lease.queue, lease.item.id));
+                    }
+                    Err(_) if st.acked.contains(&l) => {}
+                    Err(_) => unknown.push(l),
                 }
             }
             forget(shared, &done);
             Response::Unknown(unknown)
         }
-        Request::Get {
-            queue,
-            wait_ms,
-            lease_ms,
-        } => {
-            let deadline = Instant::now() + Duration::from_millis(wait_ms.min(86_400_000));
-            let lease_for = Duration::from_millis(lease_ms.clamp(1, 86_400_000));
+        Request::Ack { lease } => {
             let mut st = shared.lock();
-            loop {
-                if let Some(mut item) = st.queues.get_mut(&queue).and_then(VecDeque::pop_front) {
-                    item.deliveries += 1;
-                    let lease = st.next();
-                    let resp = Response::Delivery {
-                        lease,
-                        id: item.id,
-                        body: ByteBuf::from(item.body.clone()),
-                        deliveries: item.deliveries,
-                    };
-                    st.leases.insert(
-                        lease,
-                        Lease {
-                            queue,
-                            item,
-                            conn,
-                            deadline: Instant::now() + lease_for,
-                        },
-                    );
-                    break resp;
+            match take_lease(&mut st, lease, conn) {
+                Ok(l) => {
+                    st.remember_ack(lease);
+                    forget(shared, &[(l.queue, l.item.id)]);
+                    Response::Done
                 }
-                if shared.stopping() {
-                    break Response::Error("the manager is shutting down".to_owned());
-                }
-                if Instant::now() >= deadline {
-                    break Response::Empty;
-                }
-                st = shared.wait(st, deadline);
+                // A retry of an ack whose answer was lost.
+                Err(_) if st.acked.contains(&lease) => Response::Done,
+                Err(e) => Response::Error(e),
             }
         }
-        Request::Ack { lease } => match shared.lock().leases.remove(&lease) {
-            Some(l) => {
-                forget(shared, &[(l.queue, l.item.id)]);
-                Response::Done
-            }
-            None => Response::Error(format!(
-                "lease {lease} is unknown: it lapsed or its connection ended, and the task was given back"
-            )),
-        },
         Request::Nack { lease } => {
             let mut st = shared.lock();
-            match st.leases.remove(&lease) {
-                Some(l) => {
+            match take_lease(&mut st, lease, conn) {
+                Ok(l) => {
                     shared.release(&mut st, l);
                     drop(st);
                     shared.changed.notify_all();
                     Response::Done
                 }
-                None => Response::Error(format!("lease {lease} is unknown")),
+                Err(e) => Response::Error(e),
             }
         }
         Request::Heartbeat { lease, lease_ms } => {
             let mut st = shared.lock();
             match st.leases.get_mut(&lease) {
-                Some(l) => {
-                    l.deadline =
-                        Instant::now() + Duration::from_millis(lease_ms.clamp(1, 86_400_000));
+                Some(l) if l.conn == conn => {
+                    l.deadline = deadline_after(Duration::from_millis(lease_ms.max(1)));
                     Response::Done
                 }
+                Some(_) => Response::Error(format!("lease {lease} belongs to another connection")),
                 None => Response::Error(format!("lease {lease} is unknown")),
             }
         }
@@ -726,13 +909,13 @@ fn handle(shared: &Shared, conn: u64, admin: bool, req: Request) -> (Response, b
             }
         }
         Request::WaitResult { key, wait_ms } => {
-            let deadline = Instant::now() + Duration::from_millis(wait_ms.min(86_400_000));
+            let deadline = deadline_after(Duration::from_millis(wait_ms));
             let mut st = shared.lock();
             loop {
                 if let Some(r) = st.results.get(&key) {
                     break Response::Result(Some(ByteBuf::from(r.clone())));
                 }
-                if shared.stopping() || Instant::now() >= deadline {
+                if shared.stopping() || Instant::now() >= deadline || !alive() {
                     break Response::Result(None);
                 }
                 st = shared.wait(st, deadline);
@@ -746,14 +929,46 @@ fn handle(shared: &Shared, conn: u64, admin: bool, req: Request) -> (Response, b
                 .map_or(0, |q| q.len() as u64),
         ),
         Request::Shutdown => {
-            if !shared.cfg.allow_shutdown {
-                Response::Error("this manager does not allow shutdown by clients".to_owned())
-            } else if !admin {
-                Response::Error("shutdown needs a client connected with admin rights".to_owned())
-            } else {
+            if admin {
                 return (Response::Done, true);
             }
+            Response::Error(
+                "shutdown needs a client authenticated with the manager's admin key".to_owned(),
+            )
         }
     };
     (resp, false)
+}
+
+/// Waits (up to `wait_ms`, while the client is there) for items, and
+/// leases up to `max` of them.
+fn wait_for_items(
+    shared: &Shared,
+    queue: &str,
+    max: usize,
+    wait_ms: u64,
+    lease_ms: u64,
+    conn: u64,
+    alive: &dyn Fn() -> bool,
+) -> Result<Vec<(u64, u64, ByteBuf, u32)>, String> {
+    let deadline = deadline_after(Duration::from_millis(wait_ms));
+    let lease_for = Duration::from_millis(lease_ms.max(1));
+    let mut st = shared.lock();
+    loop {
+        if st.queues.get(queue).is_some_and(|q| !q.is_empty()) {
+            return Ok(lease_items(shared, &mut st, queue, max, conn, lease_for));
+        }
+        if shared.stopping() {
+            return Err("the manager is shutting down".to_owned());
+        }
+        if Instant::now() >= deadline {
+            return Ok(Vec::new());
+        }
+        if !alive() {
+            // Its client is gone: leasing it an item would only count a
+            // delivery nobody received.
+            return Err("the client went away".to_owned());
+        }
+        st = shared.wait(st, deadline);
+    }
 }

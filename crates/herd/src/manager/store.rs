@@ -12,12 +12,15 @@ use redb::{Database, ReadableTable, TableDefinition};
 const ITEMS: TableDefinition<'_, (&str, u64), (&[u8], u32)> = TableDefinition::new("items");
 /// result key → body.
 const RESULTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("results");
+/// client id → the highest put message id accepted from it.
+const CLIENTS: TableDefinition<'_, u64, u64> = TableDefinition::new("clients");
 
 /// What a restarted manager finds.
 pub(crate) struct Loaded {
     /// Items by queue, in id order (the order they were put).
     pub(crate) items: Vec<(String, u64, Vec<u8>, u32)>,
     pub(crate) results: Vec<(String, Vec<u8>)>,
+    pub(crate) clients: Vec<(u64, u64)>,
 }
 
 /// One change, applied in a transaction with the others of a request.
@@ -35,6 +38,10 @@ pub(crate) enum Change<'a> {
     Result {
         key: &'a str,
         body: &'a [u8],
+    },
+    Client {
+        client: u64,
+        last: u64,
     },
 }
 
@@ -56,12 +63,14 @@ impl Store {
         {
             txn.open_table(ITEMS).map_err(err)?;
             txn.open_table(RESULTS).map_err(err)?;
+            txn.open_table(CLIENTS).map_err(err)?;
         }
         txn.commit().map_err(err)?;
         let read = db.begin_read().map_err(err)?;
         let mut loaded = Loaded {
             items: Vec::new(),
             results: Vec::new(),
+            clients: Vec::new(),
         };
         let items = read.open_table(ITEMS).map_err(err)?;
         for entry in items.iter().map_err(err)? {
@@ -80,7 +89,12 @@ impl Store {
                 .results
                 .push((k.value().to_owned(), v.value().to_vec()));
         }
-        drop((items, results, read));
+        let clients = read.open_table(CLIENTS).map_err(err)?;
+        for entry in clients.iter().map_err(err)? {
+            let (k, v) = entry.map_err(err)?;
+            loaded.clients.push((k.value(), v.value()));
+        }
+        drop((items, results, clients, read));
         Ok((Self { db }, loaded))
     }
 
@@ -93,6 +107,7 @@ impl Store {
         {
             let mut items = txn.open_table(ITEMS).map_err(err)?;
             let mut results = txn.open_table(RESULTS).map_err(err)?;
+            let mut clients = txn.open_table(CLIENTS).map_err(err)?;
             for c in changes {
                 match c {
                     Change::Put {
@@ -110,6 +125,9 @@ impl Store {
                     }
                     Change::Result { key, body } => {
                         results.insert(*key, *body).map_err(err)?;
+                    }
+                    Change::Client { client, last } => {
+                        clients.insert(*client, *last).map_err(err)?;
                     }
                 }
             }

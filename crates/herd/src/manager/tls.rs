@@ -44,6 +44,36 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// Runs the TLS handshake to its end, or fails with `TimedOut` at
+    /// `deadline` (the socket's short read timeout only paces the loop).
+    pub(crate) fn complete_handshake(&mut self, deadline: std::time::Instant) -> io::Result<()> {
+        loop {
+            let result = match self {
+                Self::Plain(_) => return Ok(()),
+                Self::Server(s) if s.conn.is_handshaking() => s.conn.complete_io(&mut s.sock),
+                Self::Client(s) if s.conn.is_handshaking() => s.conn.complete_io(&mut s.sock),
+                Self::Server(_) | Self::Client(_) => return Ok(()),
+            };
+            match result {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return Err(e),
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the TLS handshake took too long",
+                ));
+            }
+        }
+    }
+}
+
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {

@@ -14,13 +14,15 @@ use sha2::Sha256;
 use crate::task::{decode, encode};
 
 /// The protocol version both sides must speak.
-pub(crate) const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 2;
 
 /// The handshake's first frame, from the manager.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct ServerHello {
     pub(crate) version: u32,
     pub(crate) nonce: [u8; 32],
+    /// The largest frame the manager accepts.
+    pub(crate) max_frame: u64,
 }
 
 /// The client's answer: its own nonce and its proof of the key.
@@ -188,7 +190,14 @@ fn read_full<R: Read>(
             }
             Ok(n) => {
                 got += n;
-                started.get_or_insert_with(Instant::now);
+                let t = *started.get_or_insert_with(Instant::now);
+                // Checked after every read too: a peer trickling a byte at
+                // a time never lets a read time out.
+                if got < buf.len() && t.elapsed() >= frame_deadline {
+                    return Err(FrameError::Malformed(
+                        "a frame did not complete in time".to_owned(),
+                    ));
+                }
             }
             Err(e)
                 if matches!(
@@ -263,9 +272,12 @@ pub(crate) fn nonce() -> io::Result<[u8; 32]> {
     Ok(n)
 }
 
-/// Labels keep the client's proof from being replayed as the server's.
-pub(crate) const CLIENT_LABEL: &[u8] = b"herd-manager-client-v1";
-pub(crate) const SERVER_LABEL: &[u8] = b"herd-manager-server-v1";
+/// Labels keep the client's proof from being replayed as the server's, and
+/// a worker's from passing for an admin's.
+pub(crate) const CLIENT_LABEL: &[u8] = b"herd-manager-client-v2";
+pub(crate) const SERVER_LABEL: &[u8] = b"herd-manager-server-v2";
+pub(crate) const ADMIN_CLIENT_LABEL: &[u8] = b"herd-manager-admin-client-v2";
+pub(crate) const ADMIN_SERVER_LABEL: &[u8] = b"herd-manager-admin-server-v2";
 
 #[cfg(test)]
 mod tests {
