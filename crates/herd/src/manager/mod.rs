@@ -47,6 +47,7 @@
 //!
 //! Not yet: the NATS JetStream backend.
 
+mod nats;
 mod server;
 mod store;
 mod tls;
@@ -111,7 +112,8 @@ pub enum ManagerError {
 }
 
 /// Connects to the manager at `addr` with `key` (as a worker or
-/// submitter: no admin rights).
+/// submitter: no admin rights). A `nats://host:port` address uses NATS
+/// JetStream instead, with `key` as the NATS token.
 pub fn connect(addr: impl ToString, key: &[u8]) -> Result<Client, ManagerError> {
     Client::builder(addr, key).connect()
 }
@@ -133,6 +135,8 @@ pub struct ClientBuilder {
     max_frame: usize,
     tls: Option<(Arc<rustls::ClientConfig>, String)>,
     tls_error: Option<String>,
+    lease: Duration,
+    max_deliveries: u32,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -161,6 +165,20 @@ impl ClientBuilder {
         self
     }
 
+    /// The lease of a delivery on the NATS backend (the consumer's
+    /// AckWait; default 30 s). The embedded manager takes a lease per get.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// On the NATS backend, deliveries before a task moves to the dead
+    /// letters (default 5; the embedded manager sets its own).
+    pub fn max_deliveries(mut self, n: u32) -> Self {
+        self.max_deliveries = n.max(1);
+        self
+    }
+
     /// Connects over TLS, trusting the PEM certificates in `ca_pem` and
     /// checking that the manager's certificate is for `server_name`.
     pub fn tls(mut self, ca_pem: &[u8], server_name: &str) -> Self {
@@ -182,6 +200,28 @@ impl ClientBuilder {
         let mut id = [0u8; 8];
         id.copy_from_slice(&nonce().map_err(ManagerError::Io)?[..8]);
         let frame_limit = self.max_frame;
+        if self.addr.starts_with("nats://") {
+            let mut id = [0u8; 8];
+            id.copy_from_slice(&nonce().map_err(ManagerError::Io)?[..8]);
+            let n = nats::Nats::connect(
+                &self.addr,
+                &self.key,
+                self.lease,
+                self.max_deliveries,
+                u64::from_le_bytes(id),
+            )?;
+            let inner = Arc::new(Inner {
+                cfg: self,
+                conn: Mutex::new(None),
+                client_id: u64::from_le_bytes(id),
+                next_msg: AtomicU64::new(1),
+                frame_limit: std::sync::atomic::AtomicUsize::new(frame_limit),
+            });
+            return Ok(Client {
+                inner,
+                nats: Some(Arc::new(n)),
+            });
+        }
         let inner = Arc::new(Inner {
             cfg: self,
             conn: Mutex::new(None),
@@ -193,7 +233,7 @@ impl ClientBuilder {
             let mut conn = inner.conn.lock().unwrap_or_else(PoisonError::into_inner);
             *conn = Some(inner.dial(server::deadline_after(inner.cfg.reconnect_for))?);
         }
-        Ok(Client { inner })
+        Ok(Client { inner, nats: None })
     }
 }
 
@@ -422,6 +462,8 @@ fn expect_done(resp: Response) -> Result<(), ManagerError> {
 #[derive(Debug, Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    /// Set when the address was `nats://...`: JetStream does the work.
+    nats: Option<Arc<nats::Nats>>,
 }
 
 impl Client {
@@ -435,6 +477,8 @@ impl Client {
             max_frame: 64 << 20,
             tls: None,
             tls_error: None,
+            lease: Duration::from_secs(30),
+            max_deliveries: 5,
         }
     }
 
@@ -450,6 +494,9 @@ impl Client {
     /// Stores `value` under `key` (a task's result).
     pub fn set_result<R: Serialize>(&self, key: &str, value: &R) -> Result<(), ManagerError> {
         let body = ByteBuf::from(encode(value).map_err(ManagerError::Codec)?);
+        if let Some(n) = &self.nats {
+            return n.set_result(key, body.into_vec());
+        }
         let req = Request::SetResult {
             key: key.to_owned(),
             body,
@@ -463,6 +510,12 @@ impl Client {
         key: &str,
         timeout: Duration,
     ) -> Result<Option<R>, ManagerError> {
+        if let Some(n) = &self.nats {
+            return n
+                .wait_result(key, timeout)?
+                .map(|b| decode(&b).map_err(ManagerError::Codec))
+                .transpose();
+        }
         let req = Request::WaitResult {
             key: key.to_owned(),
             wait_ms: millis(timeout),
@@ -480,6 +533,21 @@ impl Client {
     /// Acknowledges several deliveries in one round trip; the error lists
     /// the leases that were lost (their tasks were given back).
     pub fn ack_many<T>(&self, deliveries: Vec<Delivery<T>>) -> Result<(), ManagerError> {
+        if let Some(n) = &self.nats {
+            let mut lost = 0;
+            for d in &deliveries {
+                if let Some(t) = &d.taken
+                    && n.ack(t).is_err()
+                {
+                    lost += 1;
+                }
+            }
+            return if lost == 0 {
+                Ok(())
+            } else {
+                Err(ManagerError::LeaseLost(format!("{lost} acks were refused")))
+            };
+        }
         let leases = deliveries.iter().map(|d| d.lease).collect();
         match self
             .inner
@@ -499,6 +567,11 @@ impl Client {
 
     /// Stops the manager (needs admin rights and a manager that allows it).
     pub fn shutdown(&self) -> Result<(), ManagerError> {
+        if self.nats.is_some() {
+            return Err(ManagerError::Remote(
+                "a NATS server is not stopped by herd clients".to_owned(),
+            ));
+        }
         expect_done(self.inner.call(&Request::Shutdown, Duration::ZERO)?)
     }
 }
@@ -519,6 +592,9 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
     /// Adds `value`; returns once the manager has it.
     pub fn put(&self, value: &T) -> Result<(), ManagerError> {
         let body = ByteBuf::from(encode(value).map_err(ManagerError::Codec)?);
+        if let Some(n) = &self.client.nats {
+            return n.put_many(&self.name, vec![body.into_vec()]);
+        }
         let req = Request::Put {
             queue: self.name.clone(),
             body,
@@ -534,6 +610,12 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
             .iter()
             .map(|v| encode(v).map(ByteBuf::from).map_err(ManagerError::Codec))
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(n) = &self.client.nats {
+            return n.put_many(
+                &self.name,
+                bodies.into_iter().map(ByteBuf::into_vec).collect(),
+            );
+        }
         let n = bodies.len() as u64;
         let req = Request::PutMany {
             queue: self.name.clone(),
@@ -556,6 +638,25 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
         timeout: Duration,
         lease: Duration,
     ) -> Result<Vec<Delivery<T>>, ManagerError> {
+        if let Some(n) = &self.client.nats {
+            let mut out = Vec::new();
+            for t in n.get_many(&self.name, max as usize, timeout)? {
+                match decode(&t.msg.payload) {
+                    Ok(value) => out.push(Delivery {
+                        value,
+                        id: t.id,
+                        deliveries: t.deliveries,
+                        lease: 0,
+                        taken: Some(t),
+                        client: self.client.clone(),
+                    }),
+                    Err(_) => {
+                        let _ = n.nack(&t);
+                    }
+                }
+            }
+            return Ok(out);
+        }
         let req = Request::GetMany {
             queue: self.name.clone(),
             max,
@@ -573,6 +674,7 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
                             id,
                             deliveries,
                             lease,
+                            taken: None,
                             client: self.client.clone(),
                         }),
                         Err(_) => bad.push(lease),
@@ -605,6 +707,11 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
         timeout: Duration,
         lease: Duration,
     ) -> Result<Option<Delivery<T>>, ManagerError> {
+        if self.client.nats.is_some() {
+            // JetStream leases are the consumer's AckWait
+            // (`ClientBuilder::lease`).
+            return Ok(self.get_many(1, timeout, lease)?.into_iter().next());
+        }
         let req = Request::Get {
             queue: self.name.clone(),
             wait_ms: millis(timeout),
@@ -623,6 +730,7 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
                     id,
                     deliveries,
                     lease,
+                    taken: None,
                     client: self.client.clone(),
                 })),
                 Err(e) => {
@@ -649,6 +757,9 @@ impl<T: Serialize + DeserializeOwned> RemoteQueue<T> {
 
     /// Items waiting (not counting leased ones).
     pub fn len(&self) -> Result<u64, ManagerError> {
+        if let Some(n) = &self.client.nats {
+            return n.len(&self.name);
+        }
         match self.client.inner.call(
             &Request::Len {
                 queue: self.name.clone(),
@@ -675,12 +786,17 @@ pub struct Delivery<T> {
     /// How many times it has been delivered, this time included.
     pub deliveries: u32,
     lease: u64,
+    /// The JetStream message, on the NATS backend.
+    taken: Option<nats::Taken>,
     client: Client,
 }
 
 impl<T> Delivery<T> {
     /// Done: the item is gone for good.
     pub fn ack(self) -> Result<(), ManagerError> {
+        if let (Some(n), Some(t)) = (&self.client.nats, &self.taken) {
+            return n.ack(t);
+        }
         match self
             .client
             .inner
@@ -696,6 +812,9 @@ impl<T> Delivery<T> {
 
     /// Not done: the item goes back now (or to the dead letters at the cap).
     pub fn nack(self) -> Result<(), ManagerError> {
+        if let (Some(n), Some(t)) = (&self.client.nats, &self.taken) {
+            return n.nack(t);
+        }
         expect_done(
             self.client
                 .inner
@@ -705,6 +824,11 @@ impl<T> Delivery<T> {
 
     /// Extends the lease to `lease` from now.
     pub fn heartbeat(&self, lease: Duration) -> Result<(), ManagerError> {
+        if let (Some(n), Some(t)) = (&self.client.nats, &self.taken) {
+            // JetStream extends by the consumer's AckWait.
+            let _ = lease;
+            return n.progress(t);
+        }
         let req = Request::Heartbeat {
             lease: self.lease,
             lease_ms: millis(lease).max(1),

@@ -1,0 +1,330 @@
+//! The NATS JetStream backend, selected by a `nats://` address: the same
+//! queues, leases, dead letters and results, for scale-out.
+//!
+//! A queue is a work-queue stream (`HERD_<hex name>`, subject
+//! `herd.q.<hex name>`, file storage) with one durable pull consumer
+//! (`herd`, explicit acks). The consumer's AckWait is the lease and
+//! AckProgress the heartbeat; a message delivered more than the cap is
+//! copied to the `<name>.dead` queue and terminated; a put carries a
+//! `Nats-Msg-Id`, so a retried put is dropped by JetStream's duplicate
+//! window; results live in the key-value bucket `herd_results`. The key is
+//! the NATS token (`nats-server --auth`).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
+use async_nats::jetstream::{self, AckKind, kv, stream};
+use futures_lite::StreamExt;
+
+use super::ManagerError;
+
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// JetStream's "nothing to give" statuses (404 No Messages, 408 Request
+/// Timeout) end a fetch; this client version reports them as errors.
+fn nothing_there(e: &str) -> bool {
+    e.contains("No Messages") || e.contains("404") || e.contains("408") || e.contains("Timeout")
+}
+
+fn remote(e: impl std::fmt::Display) -> ManagerError {
+    ManagerError::Remote(format!("NATS: {e}"))
+}
+
+/// One message taken from a stream.
+pub(crate) struct Taken {
+    pub(crate) msg: jetstream::Message,
+    pub(crate) id: u64,
+    pub(crate) deliveries: u32,
+}
+
+impl std::fmt::Debug for Taken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Taken")
+            .field("id", &self.id)
+            .field("deliveries", &self.deliveries)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Nats {
+    rt: tokio::runtime::Runtime,
+    js: jetstream::Context,
+    results: kv::Store,
+    consumers: Mutex<HashMap<String, PullConsumer>>,
+    lease: Duration,
+    max_deliveries: u32,
+    client: u64,
+    next_msg: AtomicU64,
+}
+
+impl std::fmt::Debug for Nats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nats")
+            .field("lease", &self.lease)
+            .field("max_deliveries", &self.max_deliveries)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Nats {
+    pub(crate) fn connect(
+        url: &str,
+        key: &[u8],
+        lease: Duration,
+        max_deliveries: u32,
+        client: u64,
+    ) -> Result<Self, ManagerError> {
+        // Its own runtime, one worker thread: the connection's background
+        // tasks run between calls too.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("herd-nats")
+            .enable_all()
+            .build()
+            .map_err(ManagerError::Io)?;
+        let token = String::from_utf8_lossy(key).into_owned();
+        let (js, results) = rt.block_on(async {
+            let nc = async_nats::ConnectOptions::with_token(token)
+                .connection_timeout(Duration::from_secs(5))
+                .connect(url)
+                .await
+                .map_err(|e| ManagerError::Auth(format!("NATS: {e}")))?;
+            let js = jetstream::new(nc);
+            let results = match js.get_key_value("herd_results").await {
+                Ok(kv) => kv,
+                Err(_) => js
+                    .create_key_value(kv::Config {
+                        bucket: "herd_results".to_owned(),
+                        history: 1,
+                        storage: stream::StorageType::File,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(remote)?,
+            };
+            Ok::<_, ManagerError>((js, results))
+        })?;
+        Ok(Self {
+            rt,
+            js,
+            results,
+            consumers: Mutex::new(HashMap::new()),
+            lease,
+            max_deliveries,
+            client,
+            next_msg: AtomicU64::new(1),
+        })
+    }
+
+    fn subject(queue: &str) -> String {
+        format!("herd.q.{}", hex(queue))
+    }
+
+    async fn consumer(&self, queue: &str) -> Result<PullConsumer, ManagerError> {
+        if let Some(c) = self
+            .consumers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(queue)
+        {
+            return Ok(c.clone());
+        }
+        let stream = self
+            .js
+            .get_or_create_stream(stream::Config {
+                name: format!("HERD_{}", hex(queue)),
+                subjects: vec![Self::subject(queue)],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .map_err(remote)?;
+        let consumer: PullConsumer = stream
+            .get_or_create_consumer(
+                "herd",
+                pull::Config {
+                    durable_name: Some("herd".to_owned()),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: self.lease,
+                    max_deliver: -1,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(remote)?;
+        self.consumers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(queue.to_owned(), consumer.clone());
+        Ok(consumer)
+    }
+
+    async fn publish(
+        &self,
+        queue: &str,
+        bodies: Vec<Vec<u8>>,
+        id: &dyn Fn(usize) -> String,
+    ) -> Result<(), ManagerError> {
+        self.consumer(queue).await?;
+        let subject = Self::subject(queue);
+        let mut acks = Vec::with_capacity(bodies.len());
+        for (i, body) in bodies.into_iter().enumerate() {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", id(i).as_str());
+            let ack = self
+                .js
+                .publish_with_headers(subject.clone(), headers, body.into())
+                .await
+                .map_err(remote)?;
+            acks.push(ack);
+        }
+        for ack in acks {
+            ack.await.map_err(remote)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn put_many(&self, queue: &str, bodies: Vec<Vec<u8>>) -> Result<(), ManagerError> {
+        let n = bodies.len() as u64;
+        let first = self.next_msg.fetch_add(n.max(1), Ordering::Relaxed);
+        let client = self.client;
+        self.rt.block_on(self.publish(queue, bodies, &|i| {
+            format!("{client:016x}-{}", first + i as u64)
+        }))
+    }
+
+    /// Takes up to `max` messages, waiting up to `wait` for the first.
+    pub(crate) fn get_many(
+        &self,
+        queue: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Taken>, ManagerError> {
+        self.rt.block_on(async {
+            let consumer = self.consumer(queue).await?;
+            let mut msgs = Vec::new();
+            let mut batch = consumer
+                .fetch()
+                .max_messages(max.max(1))
+                .messages()
+                .await
+                .map_err(remote)?;
+            while let Some(m) = batch.next().await {
+                match m {
+                    Ok(m) => msgs.push(m),
+                    Err(e) if nothing_there(&e.to_string()) => break,
+                    Err(e) => return Err(remote(e)),
+                }
+            }
+            if msgs.is_empty() && !wait.is_zero() {
+                let mut batch = consumer
+                    .batch()
+                    .max_messages(1)
+                    .expires(wait.max(Duration::from_millis(10)))
+                    .messages()
+                    .await
+                    .map_err(remote)?;
+                while let Some(m) = batch.next().await {
+                    match m {
+                        Ok(m) => msgs.push(m),
+                        Err(e) if nothing_there(&e.to_string()) => break,
+                        Err(e) => return Err(remote(e)),
+                    }
+                }
+            }
+            let mut out = Vec::with_capacity(msgs.len());
+            for msg in msgs {
+                let (id, deliveries) = match msg.info() {
+                    Ok(info) => (
+                        info.stream_sequence,
+                        u32::try_from(info.delivered).unwrap_or(u32::MAX),
+                    ),
+                    Err(e) => return Err(remote(e)),
+                };
+                if deliveries > self.max_deliveries {
+                    // Over the cap: to the dead letters, and never again here.
+                    let dead = format!("{queue}.dead");
+                    self.publish(&dead, vec![msg.payload.to_vec()], &|_| {
+                        format!("dead-{queue}-{id}")
+                    })
+                    .await?;
+                    msg.ack_with(AckKind::Term).await.map_err(remote)?;
+                    continue;
+                }
+                out.push(Taken {
+                    msg,
+                    id,
+                    deliveries,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    pub(crate) fn ack(&self, t: &Taken) -> Result<(), ManagerError> {
+        self.rt
+            .block_on(t.msg.double_ack())
+            .map_err(|e| ManagerError::LeaseLost(format!("NATS: {e}")))
+    }
+
+    pub(crate) fn nack(&self, t: &Taken) -> Result<(), ManagerError> {
+        self.rt
+            .block_on(t.msg.ack_with(AckKind::Nak(None)))
+            .map_err(remote)
+    }
+
+    pub(crate) fn progress(&self, t: &Taken) -> Result<(), ManagerError> {
+        self.rt
+            .block_on(t.msg.ack_with(AckKind::Progress))
+            .map_err(|e| ManagerError::LeaseLost(format!("NATS: {e}")))
+    }
+
+    pub(crate) fn len(&self, queue: &str) -> Result<u64, ManagerError> {
+        self.rt.block_on(async {
+            let mut consumer = self.consumer(queue).await?;
+            let info = consumer.info().await.map_err(remote)?;
+            Ok(info.num_pending)
+        })
+    }
+
+    pub(crate) fn set_result(&self, key: &str, body: Vec<u8>) -> Result<(), ManagerError> {
+        self.rt
+            .block_on(self.results.put(hex(key), body.into()))
+            .map(|_| ())
+            .map_err(remote)
+    }
+
+    pub(crate) fn wait_result(
+        &self,
+        key: &str,
+        wait: Duration,
+    ) -> Result<Option<Vec<u8>>, ManagerError> {
+        self.rt.block_on(async {
+            let mut watch = self
+                .results
+                .watch_with_history(hex(key))
+                .await
+                .map_err(remote)?;
+            let next = async {
+                while let Some(entry) = watch.next().await {
+                    let entry = entry.map_err(remote)?;
+                    if entry.operation == kv::Operation::Put {
+                        return Ok(Some(entry.value.to_vec()));
+                    }
+                }
+                Ok(None)
+            };
+            match tokio::time::timeout(wait, next).await {
+                Ok(r) => r,
+                Err(_) => Ok(None),
+            }
+        })
+    }
+}
