@@ -66,10 +66,58 @@ fn bench_worker(addr: String) -> u64 {
     }
 }
 
+/// A nats-server for the JetStream runs (killed on drop).
+struct NatsServer {
+    child: std::process::Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl NatsServer {
+    fn start() -> Result<Self, String> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        let dir = std::env::temp_dir().join(format!("herd-bench-nats-{}", std::process::id()));
+        let child = std::process::Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "--auth"])
+            .arg(String::from_utf8_lossy(KEY).as_ref())
+            .arg("-sd")
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("nats-server: {e}"))?;
+        let server = Self { child, port, dir };
+        let until = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > until {
+                return Err("nats-server did not start".to_owned());
+            }
+            std::thread::yield_now();
+        }
+        Ok(server)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 fn herd_runs(quick: bool) -> Result<(), String> {
     let e = |e: herd::manager::ManagerError| e.to_string();
     let m = Manager::builder(KEY).start("127.0.0.1:0").map_err(e)?;
-    let client = manager::connect(m.addr(), KEY).map_err(e)?;
+    runs("herd-manager", &m.addr().to_string(), quick)
+}
+
+fn runs(name: &str, addr: &str, quick: bool) -> Result<(), String> {
+    let e = |e: herd::manager::ManagerError| e.to_string();
+    let client = manager::connect(addr, KEY).map_err(e)?;
     let q = client.queue::<u64>("seq");
     let n: u64 = if quick { 2_000 } else { 10_000 };
     let t = Instant::now();
@@ -83,7 +131,7 @@ fn herd_runs(quick: bool) -> Result<(), String> {
     }
     record(
         "sequential",
-        "herd-manager",
+        name,
         "calls_per_s",
         3.0 * n as f64 / t.elapsed().as_secs_f64(),
         "calls/s",
@@ -98,7 +146,7 @@ fn herd_runs(quick: bool) -> Result<(), String> {
     }
     record(
         "pipelined_puts",
-        "herd-manager",
+        name,
         "items_per_s",
         (batches * 1_000) as f64 / t.elapsed().as_secs_f64(),
         "items/s",
@@ -106,7 +154,7 @@ fn herd_runs(quick: bool) -> Result<(), String> {
 
     let n: u64 = if quick { 20_000 } else { 100_000 };
     let workers: Vec<_> = (0..2)
-        .map(|_| herd::spawn(bench_worker, (m.addr().to_string(),)))
+        .map(|_| herd::spawn(bench_worker, (addr.to_owned(),)))
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
     let tasks = client.queue::<u64>("task");
@@ -128,7 +176,7 @@ fn herd_runs(quick: bool) -> Result<(), String> {
     }
     record(
         "master_2_workers",
-        "herd-manager",
+        name,
         "tasks_per_s",
         n as f64 / t.elapsed().as_secs_f64(),
         "tasks/s",
@@ -144,6 +192,15 @@ fn herd_runs(quick: bool) -> Result<(), String> {
 pub(crate) fn run(quick: bool) {
     if let Err(e) = herd_runs(quick) {
         note(SUITE, &format!("herd manager run failed: {e}"));
+    }
+    match NatsServer::start() {
+        Ok(server) => {
+            let addr = format!("nats://127.0.0.1:{}", server.port);
+            if let Err(e) = runs("herd-jetstream", &addr, quick) {
+                note(SUITE, &format!("herd on JetStream failed: {e}"));
+            }
+        }
+        Err(e) => note(SUITE, &format!("JetStream skipped: {e}")),
     }
     let n = if quick { 2_000 } else { 10_000 };
     if let Some(ops) = run_python(SUITE, "mp_manager.py", &["seq".to_owned(), n.to_string()])

@@ -534,19 +534,8 @@ impl Client {
     /// the leases that were lost (their tasks were given back).
     pub fn ack_many<T>(&self, deliveries: Vec<Delivery<T>>) -> Result<(), ManagerError> {
         if let Some(n) = &self.nats {
-            let mut lost = 0;
-            for d in &deliveries {
-                if let Some(t) = &d.taken
-                    && n.ack(t).is_err()
-                {
-                    lost += 1;
-                }
-            }
-            return if lost == 0 {
-                Ok(())
-            } else {
-                Err(ManagerError::LeaseLost(format!("{lost} acks were refused")))
-            };
+            let taken: Vec<nats::Taken> = deliveries.into_iter().filter_map(|d| d.taken).collect();
+            return n.ack_all(&taken);
         }
         let leases = deliveries.iter().map(|d| d.lease).collect();
         match self

@@ -53,6 +53,7 @@ impl std::fmt::Debug for Taken {
 
 pub(crate) struct Nats {
     rt: tokio::runtime::Runtime,
+    nc: async_nats::Client,
     js: jetstream::Context,
     results: kv::Store,
     consumers: Mutex<HashMap<String, PullConsumer>>,
@@ -88,13 +89,13 @@ impl Nats {
             .build()
             .map_err(ManagerError::Io)?;
         let token = String::from_utf8_lossy(key).into_owned();
-        let (js, results) = rt.block_on(async {
+        let (nc, js, results) = rt.block_on(async {
             let nc = async_nats::ConnectOptions::with_token(token)
                 .connection_timeout(Duration::from_secs(5))
                 .connect(url)
                 .await
                 .map_err(|e| ManagerError::Auth(format!("NATS: {e}")))?;
-            let js = jetstream::new(nc);
+            let js = jetstream::new(nc.clone());
             let results = match js.get_key_value("herd_results").await {
                 Ok(kv) => kv,
                 Err(_) => js
@@ -107,10 +108,11 @@ impl Nats {
                     .await
                     .map_err(remote)?,
             };
-            Ok::<_, ManagerError>((js, results))
+            Ok::<_, ManagerError>((nc, js, results))
         })?;
         Ok(Self {
             rt,
+            nc,
             js,
             results,
             consumers: Mutex::new(HashMap::new()),
@@ -210,9 +212,12 @@ impl Nats {
         self.rt.block_on(async {
             let consumer = self.consumer(queue).await?;
             let mut msgs = Vec::new();
+            // What is there now: a fetch holds out for its full count until
+            // it expires, so it is kept short.
             let mut batch = consumer
                 .fetch()
                 .max_messages(max.max(1))
+                .expires(Duration::from_millis(10))
                 .messages()
                 .await
                 .map_err(remote)?;
@@ -269,9 +274,21 @@ impl Nats {
     }
 
     pub(crate) fn ack(&self, t: &Taken) -> Result<(), ManagerError> {
-        self.rt
-            .block_on(t.msg.double_ack())
-            .map_err(|e| ManagerError::LeaseLost(format!("NATS: {e}")))
+        self.ack_all(std::slice::from_ref(t))
+    }
+
+    /// Acknowledges messages: the acks are sent together and flushed (a
+    /// lost ack only means the task comes back: at least once).
+    pub(crate) fn ack_all(&self, taken: &[Taken]) -> Result<(), ManagerError> {
+        self.rt.block_on(async {
+            for t in taken {
+                t.msg
+                    .ack()
+                    .await
+                    .map_err(|e| ManagerError::LeaseLost(format!("NATS: {e}")))?;
+            }
+            self.nc.flush().await.map_err(remote)
+        })
     }
 
     pub(crate) fn nack(&self, t: &Taken) -> Result<(), ManagerError> {
