@@ -45,7 +45,15 @@
 //! * **Batches**: [`RemoteQueue::put_many`], [`RemoteQueue::get_many`],
 //!   [`Client::ack_many`] — one round trip each.
 //!
-//! Not yet: the NATS JetStream backend.
+//! * **NATS JetStream** for scale-out: the same API with a `nats://`
+//!   address ([`connect`]), the key being the NATS token. A work-queue
+//!   stream and a durable pull consumer per queue; the consumer's AckWait is
+//!   the lease ([`ClientBuilder::lease`], one per queue rather than per
+//!   delivery), AckProgress the heartbeat; past the delivery cap
+//!   ([`ClientBuilder::max_deliveries`]) a message is copied to `<name>.dead`
+//!   and terminated; puts carry a `Nats-Msg-Id` (JetStream drops a retried
+//!   one); results live in the KV bucket `herd_results`. One conformance
+//!   suite runs against both backends.
 
 mod nats;
 mod server;
