@@ -1,6 +1,7 @@
 //! Suite `queue`: messages per second and MB/s from one producer process
 //! to one consumer (the parent): herd `Queue` and `pipe` against Python's
-//! `multiprocessing.Queue` and `Pipe`, with `crossbeam-channel` between two
+//! `multiprocessing.Queue` and `Pipe`, ipc-channel (the Rust peer between
+//! processes), with `crossbeam-channel` between two
 //! threads as the in-process ceiling; 8-byte and 64 KiB messages; and herd
 //! `Queue` with two producer and two consumer processes.
 
@@ -104,6 +105,37 @@ fn herd_pipe(size: usize, n: u64) -> Result<f64, String> {
     Ok(n as f64 / dt)
 }
 
+/// ipc-channel's producer: connects to the parent's one-shot server by
+/// name and sends `n` messages.
+#[herd::task]
+fn ipc_producer(name: String, size: usize, n: u64) {
+    let Ok(tx) = ipc_channel::ipc::IpcSender::<ByteBuf>::connect(name) else {
+        return;
+    };
+    let payload = ByteBuf::from(vec![7u8; size]);
+    for _ in 0..n {
+        if tx.send(payload.clone()).is_err() {
+            return;
+        }
+    }
+}
+
+/// ipc-channel (the Rust peer for typed messages between processes): one
+/// producer process to the parent, timed from the producer's start.
+fn ipc_channel_case(size: usize, n: u64) -> Result<f64, String> {
+    let (server, name) =
+        ipc_channel::ipc::IpcOneShotServer::<ByteBuf>::new().map_err(|e| e.to_string())?;
+    let t = Instant::now();
+    let mut p = herd::spawn(ipc_producer, (name, size, n)).map_err(|e| e.to_string())?;
+    let (rx, _first) = server.accept().map_err(|e| e.to_string())?;
+    for _ in 1..n {
+        rx.recv().map_err(|e| format!("{e:?}"))?;
+    }
+    let dt = t.elapsed().as_secs_f64();
+    p.join().map_err(|e| e.to_string())?;
+    Ok(n as f64 / dt)
+}
+
 fn crossbeam_case(size: usize, n: u64) -> f64 {
     let (tx, rx) = crossbeam_channel::bounded::<Vec<u8>>(1024);
     let t = Instant::now();
@@ -168,6 +200,22 @@ pub(crate) fn run(quick: bool) {
         match herd_pipe(size, n) {
             Ok(v) => record(case, "herd-pipe", v, size),
             Err(e) => note(SUITE, &format!("herd pipe {case} failed: {e}")),
+        }
+        match ipc_channel_case(size, n) {
+            Ok(v) => {
+                record(case, "ipc-channel", v, size);
+                if let Ok(h) = herd {
+                    emit(&Record {
+                        suite: SUITE,
+                        case,
+                        implementation: "herd-queue",
+                        metric: "speedup_vs_ipc_channel",
+                        value: h / v,
+                        unit: "x",
+                    });
+                }
+            }
+            Err(e) => note(SUITE, &format!("ipc-channel {case} failed: {e}")),
         }
         if let Some(py) = python_case("pipe", size, py_n) {
             record(case, "python-mp-pipe", py, size);
