@@ -172,6 +172,8 @@ fn take_and_hang(addr: String, got: Event) {
         .expect("get")
         .expect("a task");
     got.set();
+    // The behaviour under test: a worker that hangs holding its task until
+    // it is killed (the parent waits on `got`, not on this sleep).
     std::thread::sleep(GUARD);
     drop(task);
 }

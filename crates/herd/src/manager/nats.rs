@@ -31,6 +31,22 @@ fn nothing_there(e: &str) -> bool {
     e.contains("No Messages") || e.contains("404") || e.contains("408") || e.contains("Timeout")
 }
 
+/// Collects a pull's messages until it ends (its "nothing there" status
+/// included).
+async fn drain(
+    batch: &mut async_nats::jetstream::consumer::pull::Batch,
+    into: &mut Vec<jetstream::Message>,
+) -> Result<(), ManagerError> {
+    while let Some(m) = batch.next().await {
+        match m {
+            Ok(m) => into.push(m),
+            Err(e) if nothing_there(&e.to_string()) => break,
+            Err(e) => return Err(remote(e)),
+        }
+    }
+    Ok(())
+}
+
 fn remote(e: impl std::fmt::Display) -> ManagerError {
     ManagerError::Remote(format!("NATS: {e}"))
 }
@@ -221,13 +237,7 @@ impl Nats {
                 .messages()
                 .await
                 .map_err(remote)?;
-            while let Some(m) = batch.next().await {
-                match m {
-                    Ok(m) => msgs.push(m),
-                    Err(e) if nothing_there(&e.to_string()) => break,
-                    Err(e) => return Err(remote(e)),
-                }
-            }
+            drain(&mut batch, &mut msgs).await?;
             if msgs.is_empty() && !wait.is_zero() {
                 let mut batch = consumer
                     .batch()
@@ -236,13 +246,7 @@ impl Nats {
                     .messages()
                     .await
                     .map_err(remote)?;
-                while let Some(m) = batch.next().await {
-                    match m {
-                        Ok(m) => msgs.push(m),
-                        Err(e) if nothing_there(&e.to_string()) => break,
-                        Err(e) => return Err(remote(e)),
-                    }
-                }
+                drain(&mut batch, &mut msgs).await?;
             }
             let mut out = Vec::with_capacity(msgs.len());
             for msg in msgs {

@@ -569,6 +569,31 @@ impl fmt::Debug for Pool {
     }
 }
 
+/// Waits on `cv` until `done` holds for the guarded state, or `deadline`
+/// passes (`false`). Shared by both engines' `join`.
+pub(crate) fn wait_for<T>(
+    cv: &Condvar,
+    mut guard: std::sync::MutexGuard<'_, T>,
+    deadline: Option<Instant>,
+    done: impl Fn(&T) -> bool,
+) -> bool {
+    while !done(&guard) {
+        guard = match deadline {
+            None => cv.wait(guard).unwrap_or_else(PoisonError::into_inner),
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return false;
+                }
+                cv.wait_timeout(guard, left)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0
+            }
+        };
+    }
+    true
+}
+
 /// Python's default chunk size: items / (4 × workers), rounded up.
 fn auto_chunk(n: usize, size: usize) -> usize {
     n.div_ceil(size * 4).max(1)

@@ -1102,32 +1102,14 @@ impl Engine {
 
     fn join_locked(
         &self,
-        mut st: MutexGuard<'_, State>,
+        st: MutexGuard<'_, State>,
         deadline: Option<Instant>,
     ) -> Result<(), PoolError> {
-        {
-            while !st.finished {
-                st = match deadline {
-                    None => self
-                        .shared
-                        .changed
-                        .wait(st)
-                        .unwrap_or_else(PoisonError::into_inner),
-                    Some(d) => {
-                        let left = d.saturating_duration_since(Instant::now());
-                        if left.is_zero() {
-                            return Err(PoolError::Timeout);
-                        }
-                        self.shared
-                            .changed
-                            .wait_timeout(st, left)
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .0
-                    }
-                };
-            }
+        if super::wait_for(&self.shared.changed, st, deadline, |st| st.finished) {
+            Ok(())
+        } else {
+            Err(PoolError::Timeout)
         }
-        Ok(())
     }
 
     pub(crate) fn terminate(&self) {
