@@ -394,6 +394,123 @@ fn tls_round_trip_and_refusals() -> Result<(), Failed> {
     check(q.len()? == 1, "still up")
 }
 
+fn stats_count_items_leases_acks_and_connections() -> Result<(), Failed> {
+    let m = Manager::builder(KEY)
+        .max_deliveries(2)
+        .start("127.0.0.1:0")?;
+    let a = manager::connect(m.addr(), KEY)?;
+    let q = a.queue::<u32>("q");
+    for i in 0..3 {
+        q.put(&i)?;
+    }
+    let first = q.get_timeout(GUARD)?.ok_or("first")?;
+    let held = q.get_timeout(GUARD)?.ok_or("second")?;
+    first.ack()?;
+    let s = a.stats()?;
+    check(s.connections == 1, format!("one connection: {s:?}"))?;
+    let qs = s.queue("q").ok_or("q in the stats")?;
+    check(
+        (qs.waiting, qs.leased, qs.dead) == (1, 1, 0),
+        format!("waiting, leased, dead: {qs:?}"),
+    )?;
+    check(
+        (
+            qs.put_total,
+            qs.acked_total,
+            qs.delivered_total,
+            qs.redelivered_total,
+        ) == (3, 1, 2, 0),
+        format!("counters: {qs:?}"),
+    )?;
+    check(s.queues.len() == 1 && s.results == 0, format!("{s:?}"))?;
+    // The in-process view agrees.
+    let local = m.stats();
+    check(
+        local.queues == s.queues && local.connections == 1,
+        format!("{local:?}"),
+    )?;
+
+    // A second client is counted before its connect returns.
+    let b = manager::connect(m.addr(), KEY)?;
+    let s = b.stats()?;
+    check(s.connections == 2, format!("two connections: {s:?}"))?;
+
+    // Given back and delivered again: a redelivery. Given back once more,
+    // at the cap: a dead letter, counted as a put on `q.dead`.
+    held.nack()?;
+    let again = q.get_timeout(GUARD)?.ok_or("again")?;
+    check(again.deliveries == 2, "delivered twice")?;
+    again.nack()?;
+    b.set_result("r", &1u8)?;
+    let s = b.stats()?;
+    let qs = s.queue("q").ok_or("q")?;
+    check(
+        (qs.waiting, qs.leased, qs.dead) == (1, 0, 1),
+        format!("after the dead letter: {qs:?}"),
+    )?;
+    check(
+        (qs.delivered_total, qs.redelivered_total, qs.acked_total) == (3, 1, 1),
+        format!("after the redelivery: {qs:?}"),
+    )?;
+    let dead = s.queue("q.dead").ok_or("q.dead")?;
+    check(
+        (dead.waiting, dead.put_total) == (1, 1),
+        format!("{dead:?}"),
+    )?;
+    check(s.results == 1, "one result")?;
+    check(s.uptime <= m.stats().uptime, "the uptime only grows")?;
+    // Any client may ask, admin or not; an admin connection counts too.
+    const ADMIN: &[u8] = b"another long random key, for admins only";
+    let m2 = Manager::builder(KEY)
+        .admin_key(ADMIN)
+        .start("127.0.0.1:0")?;
+    let admin = manager::connect_admin(m2.addr(), ADMIN)?;
+    check(admin.stats()?.connections == 1, "admin stats")
+}
+
+fn a_manager_of_another_protocol_version_is_refused_at_once() -> Result<(), Failed> {
+    // A manager that says hello in version 2 (before statistics), then
+    // waits for the client to hang up.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let fake = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut s, _) = listener.accept()?;
+        // MessagePack [2, [0; 32], 1 MiB]: a ServerHello.
+        let mut hello = vec![0x93, 0x02, 0xdc, 0x00, 0x20];
+        hello.extend_from_slice(&[0u8; 32]);
+        hello.extend_from_slice(&[0xce, 0x00, 0x10, 0x00, 0x00]);
+        let mut frame = (hello.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&hello);
+        s.write_all(&frame)?;
+        s.set_read_timeout(Some(GUARD))?;
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+        Ok(())
+    });
+    let t = Instant::now();
+    // The default reconnection window is 30 s: a retried mismatch would
+    // take that long.
+    let got = manager::connect(addr, KEY);
+    check(
+        matches!(
+            got,
+            Err(ManagerError::Version {
+                manager: 2,
+                client: 3,
+                ..
+            })
+        ),
+        format!("{got:?}"),
+    )?;
+    check(
+        t.elapsed() < Duration::from_secs(10),
+        format!("refused after {:?}", t.elapsed()),
+    )?;
+    drop(got);
+    fake.join().map_err(|_| "the fake manager panicked")??;
+    Ok(())
+}
+
 fn main() {
     herd::init();
     let args = Arguments::from_args();
@@ -437,6 +554,14 @@ fn main() {
         Trial::test(
             "a_trickling_peer_is_dropped_at_the_handshake_deadline",
             a_trickling_peer_is_dropped_at_the_handshake_deadline,
+        ),
+        Trial::test(
+            "stats_count_items_leases_acks_and_connections",
+            stats_count_items_leases_acks_and_connections,
+        ),
+        Trial::test(
+            "a_manager_of_another_protocol_version_is_refused_at_once",
+            a_manager_of_another_protocol_version_is_refused_at_once,
         ),
     ];
     libtest_mimic::run(&args, tests).exit();

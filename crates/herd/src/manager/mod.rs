@@ -44,6 +44,11 @@
 //!   rustls, with the HMAC handshake inside it.
 //! * **Batches**: [`RemoteQueue::put_many`], [`RemoteQueue::get_many`],
 //!   [`Client::ack_many`] — one round trip each.
+//! * **Statistics**: [`Client::stats`] (any client, one round trip) and
+//!   [`Manager::stats`] give a [`ManagerStats`]: uptime, open connections,
+//!   stored results, and per queue the items waiting, leased and dead, with
+//!   cumulative put, ack, delivery and redelivery counters — sample twice
+//!   for throughput (`herd status` does).
 //!
 //! * **NATS JetStream** for scale-out: the same API with a `nats://`
 //!   address ([`connect`]), the key being the NATS token. A work-queue
@@ -68,8 +73,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use thiserror::Error;
 
@@ -117,6 +122,115 @@ pub enum ManagerError {
         /// The last error.
         last: String,
     },
+    /// The manager speaks another version of the protocol (one side is a
+    /// different release of herd). Reported at once, not retried.
+    #[error("the manager speaks protocol version {manager}, this client {client}")]
+    Version {
+        /// The manager's version.
+        manager: u32,
+        /// This client's version.
+        client: u32,
+    },
+}
+
+/// A manager's statistics ([`Client::stats`], [`Manager::stats`]): what is
+/// there now, and counters that only grow, kept since the manager started
+/// (not across restarts, even with [`ManagerBuilder::persist`]). Sample
+/// twice to get throughput: `(b.put_total - a.put_total) / interval`.
+///
+/// On the NATS backend, see [`Client::stats`] for what each field means
+/// there.
+///
+/// ```
+/// # fn main() {
+/// herd::init();
+/// let manager = herd::manager::Manager::builder(b"secret").start("127.0.0.1:0").unwrap();
+/// let client = herd::manager::connect(manager.addr(), b"secret").unwrap();
+/// let tasks = client.queue::<u32>("tasks");
+/// tasks.put_many(&[1, 2, 3]).unwrap();
+/// tasks.get_timeout(std::time::Duration::from_secs(5)).unwrap().unwrap().ack().unwrap();
+///
+/// let stats = client.stats().unwrap();
+/// assert_eq!(stats.connections, 1);
+/// let q = stats.queue("tasks").unwrap();
+/// assert_eq!((q.waiting, q.leased, q.dead), (2, 0, 0));
+/// assert_eq!((q.put_total, q.delivered_total, q.acked_total), (3, 1, 1));
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ManagerStats {
+    /// How long the manager has been running.
+    pub uptime: Duration,
+    /// Open, authenticated client connections (the asking one included).
+    pub connections: u64,
+    /// Every queue that has held an item since the manager started (or
+    /// that it loaded from its database), `<name>.dead` ones included,
+    /// sorted by name.
+    pub queues: Vec<QueueStats>,
+    /// Results stored ([`Client::set_result`]).
+    pub results: u64,
+}
+
+impl ManagerStats {
+    /// The statistics of the queue `name`, if the manager knows it.
+    pub fn queue(&self, name: &str) -> Option<&QueueStats> {
+        self.queues.iter().find(|q| q.name == name)
+    }
+}
+
+/// One queue's statistics, in a [`ManagerStats`]. The `_total` counters
+/// only grow; the others are what is there now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct QueueStats {
+    /// The queue's name.
+    pub name: String,
+    /// Items waiting to be delivered ([`RemoteQueue::len`]).
+    pub waiting: u64,
+    /// Items delivered under a lease and not yet acknowledged.
+    pub leased: u64,
+    /// Items in its dead letters, the queue `<name>.dead` (waiting or
+    /// leased); 0 if there is none.
+    pub dead: u64,
+    /// Items added: puts (a retried put counts once), and for a
+    /// `<name>.dead` queue the dead letters moved in.
+    pub put_total: u64,
+    /// Items acknowledged (a retried ack counts once).
+    pub acked_total: u64,
+    /// Deliveries, redeliveries included.
+    pub delivered_total: u64,
+    /// Deliveries of an item delivered before (its lease lapsed, it was
+    /// given back, or its connection ended).
+    pub redelivered_total: u64,
+}
+
+impl QueueStats {
+    /// An empty entry for the queue `name` (the backends fill it in).
+    pub(crate) fn new(name: String) -> Self {
+        Self {
+            name,
+            waiting: 0,
+            leased: 0,
+            dead: 0,
+            put_total: 0,
+            acked_total: 0,
+            delivered_total: 0,
+            redelivered_total: 0,
+        }
+    }
+
+    /// Sorts by name, and sets each queue's `dead` from its `<name>.dead`
+    /// queue's entry.
+    pub(crate) fn sort_and_count_dead(queues: &mut [QueueStats]) {
+        queues.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        for i in 0..queues.len() {
+            let dead = format!("{}.dead", queues[i].name);
+            queues[i].dead = queues
+                .binary_search_by(|q| q.name.as_str().cmp(&dead))
+                .map_or(0, |j| queues[j].waiting + queues[j].leased);
+        }
+    }
 }
 
 /// Connects to the manager at `addr` with `key` (as a worker or
@@ -263,8 +377,9 @@ impl Inner {
         loop {
             match self.dial_once() {
                 Ok(s) => return Ok(s),
-                // A wrong key is not going to get better by retrying.
-                Err(e @ ManagerError::Auth(_)) => return Err(e),
+                // A wrong key or another protocol version is not going to
+                // get better by retrying.
+                Err(e @ (ManagerError::Auth(_) | ManagerError::Version { .. })) => return Err(e),
                 Err(e) if Instant::now() >= until => {
                     return Err(ManagerError::Unreachable {
                         addr: self.cfg.addr.clone(),
@@ -315,10 +430,10 @@ impl Inner {
             read_frame(&mut stream, 4096, Duration::from_secs(10), &mut in_time)
                 .map_err(frame_err)?;
         if hello.version != VERSION {
-            return Err(ManagerError::Protocol(format!(
-                "the manager speaks version {}, this client {VERSION}",
-                hello.version
-            )));
+            return Err(ManagerError::Version {
+                manager: hello.version,
+                client: VERSION,
+            });
         }
         let limit = usize::try_from(hello.max_frame).unwrap_or(usize::MAX);
         self.frame_limit
@@ -555,6 +670,34 @@ impl Client {
                 "{} of the leases ({lost:?}) were unknown",
                 lost.len()
             ))),
+            Response::Error(e) => Err(ManagerError::Remote(e)),
+            other => Err(ManagerError::Protocol(format!(
+                "unexpected answer {other:?}"
+            ))),
+        }
+    }
+
+    /// The manager's statistics: uptime, connections, results, and per
+    /// queue what is waiting, leased and dead, with cumulative counters
+    /// (see [`ManagerStats`]). Any client may ask; it changes nothing.
+    ///
+    /// On the NATS backend they come from JetStream's stream and consumer
+    /// information, for every herd queue (stream `HERD_<hex name>`) on the
+    /// server, and the counters run since each stream was created rather
+    /// than since a start: `waiting` is the stream's messages less the
+    /// consumer's unacknowledged ones, `leased` those (`num_ack_pending`),
+    /// `put_total` the stream's last sequence number, `acked_total` the
+    /// messages gone from it (acknowledged, or moved to the dead letters),
+    /// `delivered_total` the consumer's delivery sequence and
+    /// `redelivered_total` that less the stream sequence delivered up to;
+    /// `results` counts the entries in the `herd_results` bucket (deletions
+    /// included). `uptime` and `connections` are not known there: zero.
+    pub fn stats(&self) -> Result<ManagerStats, ManagerError> {
+        if let Some(n) = &self.nats {
+            return n.stats();
+        }
+        match self.inner.call(&Request::Stats, Duration::ZERO)? {
+            Response::Stats(stats) => Ok(stats),
             Response::Error(e) => Err(ManagerError::Remote(e)),
             other => Err(ManagerError::Protocol(format!(
                 "unexpected answer {other:?}"

@@ -19,11 +19,26 @@ use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
 use async_nats::jetstream::{self, AckKind, kv, stream};
 use futures_lite::StreamExt;
 
-use super::ManagerError;
+use super::{ManagerError, ManagerStats, QueueStats};
 
 fn hex(s: &str) -> String {
     s.bytes().map(|b| format!("{b:02x}")).collect()
 }
+
+/// The name that [`hex`] encoded, if `s` is one.
+fn unhex(s: &str) -> Option<String> {
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let bytes = (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// The stream behind the results bucket.
+const RESULTS_STREAM: &str = "KV_herd_results";
 
 /// JetStream's "nothing to give" statuses (404 No Messages, 408 Request
 /// Timeout) end a fetch; this client version reports them as errors.
@@ -312,6 +327,60 @@ impl Nats {
             let mut consumer = self.consumer(queue).await?;
             let info = consumer.info().await.map_err(remote)?;
             Ok(info.num_pending)
+        })
+    }
+
+    /// Statistics from JetStream's stream and consumer information (see
+    /// `Client::stats` for what each field means here).
+    pub(crate) fn stats(&self) -> Result<ManagerStats, ManagerError> {
+        self.rt.block_on(async {
+            let mut infos = Vec::new();
+            let mut streams = self.js.streams();
+            while let Some(info) = streams.next().await {
+                infos.push(info.map_err(remote)?);
+            }
+            let mut results = 0;
+            let mut queues = Vec::new();
+            for info in infos {
+                if info.config.name == RESULTS_STREAM {
+                    results = info.state.messages;
+                    continue;
+                }
+                let Some(name) = info.config.name.strip_prefix("HERD_").and_then(unhex) else {
+                    continue;
+                };
+                let mut q = QueueStats::new(name);
+                let stored = info.state.messages;
+                // A work queue holds a message until it is acknowledged (or
+                // terminated on its way to the dead letters).
+                q.put_total = info.state.last_sequence;
+                q.acked_total = info.state.last_sequence.saturating_sub(stored);
+                let stream = self
+                    .js
+                    .get_stream(&info.config.name)
+                    .await
+                    .map_err(remote)?;
+                // No consumer yet: nothing was delivered.
+                if let Ok(c) = stream.consumer_info("herd").await {
+                    q.leased = c.num_ack_pending as u64;
+                    // Every delivery takes a consumer sequence number; the
+                    // stream sequence is the last message delivered once.
+                    q.delivered_total = c.delivered.consumer_sequence;
+                    q.redelivered_total = c
+                        .delivered
+                        .consumer_sequence
+                        .saturating_sub(c.delivered.stream_sequence);
+                }
+                q.waiting = stored.saturating_sub(q.leased);
+                queues.push(q);
+            }
+            QueueStats::sort_and_count_dead(&mut queues);
+            Ok(ManagerStats {
+                uptime: Duration::ZERO,
+                connections: 0,
+                queues,
+                results,
+            })
         })
     }
 

@@ -18,7 +18,7 @@ use super::wire::{
     Response, SERVER_LABEL, ServerHello, ServerProof, VERSION, nonce, proof, read_frame, verify,
     write_frame,
 };
-use super::{ManagerError, readable_now};
+use super::{ManagerError, ManagerStats, QueueStats, readable_now};
 use crate::backoff::poll_briefly;
 
 /// How often idle connection threads and the lease reaper look around.
@@ -150,6 +150,8 @@ impl ManagerBuilder {
             sockets: Mutex::new(HashMap::new()),
             stop: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
+            started: Instant::now(),
+            connections: AtomicUsize::new(0),
         });
         let for_accept = Arc::clone(&shared);
         let accept = std::thread::Builder::new()
@@ -186,9 +188,20 @@ struct Lease {
     deadline: Instant,
 }
 
+/// A queue's counters, since the manager started (for [`QueueStats`]).
+#[derive(Debug, Default, Clone, Copy)]
+struct Counters {
+    put: u64,
+    acked: u64,
+    delivered: u64,
+    redelivered: u64,
+}
+
 #[derive(Debug, Default)]
 struct State {
     queues: HashMap<String, VecDeque<Item>>,
+    /// Per queue, what happened to it since the start.
+    counters: HashMap<String, Counters>,
     leases: HashMap<u64, Lease>,
     results: HashMap<String, Vec<u8>>,
     /// Per client, the highest put message id accepted (a client sends one
@@ -213,6 +226,17 @@ impl State {
     fn lease_id(&mut self) -> u64 {
         self.next_lease = self.next_lease.wrapping_add(1);
         self.next_lease
+    }
+
+    /// The counters of `queue` (the name is copied only for a new one).
+    fn count(&mut self, queue: &str) -> &mut Counters {
+        if !self.counters.contains_key(queue) {
+            self.counters.insert(queue.to_owned(), Counters::default());
+        }
+        match self.counters.get_mut(queue) {
+            Some(c) => c,
+            None => unreachable!("inserted above"),
+        }
     }
 
     fn remember_ack(&mut self, lease: u64) {
@@ -242,6 +266,10 @@ struct Shared {
     sockets: Mutex<HashMap<u64, TcpStream>>,
     stop: AtomicBool,
     next_conn: AtomicU64,
+    /// When the manager started (for the uptime).
+    started: Instant,
+    /// Connections authenticated and still open.
+    connections: AtomicUsize,
 }
 
 impl Shared {
@@ -271,7 +299,10 @@ impl Shared {
                 },
             ]);
             match moved {
-                Ok(()) => dead,
+                Ok(()) => {
+                    st.count(&dead).put += 1;
+                    dead
+                }
                 Err(e) => {
                     // Memory follows the disk: the item stays where it is.
                     eprintln!("herd manager: moving item {} to {dead}: {e}", lease.item.id);
@@ -286,6 +317,42 @@ impl Shared {
 
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::Acquire)
+    }
+
+    /// What is there now, and the counters (one pass over the queues and
+    /// the leases, under the lock).
+    fn stats(&self) -> ManagerStats {
+        let st = self.lock();
+        let mut queues: HashMap<&str, QueueStats> = HashMap::new();
+        fn entry<'a, 'b>(
+            queues: &'b mut HashMap<&'a str, QueueStats>,
+            name: &'a str,
+        ) -> &'b mut QueueStats {
+            queues
+                .entry(name)
+                .or_insert_with(|| QueueStats::new(name.to_owned()))
+        }
+        for (name, items) in &st.queues {
+            entry(&mut queues, name).waiting = items.len() as u64;
+        }
+        for lease in st.leases.values() {
+            entry(&mut queues, &lease.queue).leased += 1;
+        }
+        for (name, c) in &st.counters {
+            let q = entry(&mut queues, name);
+            q.put_total = c.put;
+            q.acked_total = c.acked;
+            q.delivered_total = c.delivered;
+            q.redelivered_total = c.redelivered;
+        }
+        let mut queues: Vec<QueueStats> = queues.into_values().collect();
+        QueueStats::sort_and_count_dead(&mut queues);
+        ManagerStats {
+            uptime: self.started.elapsed(),
+            connections: self.connections.load(Ordering::Acquire) as u64,
+            queues,
+            results: st.results.len() as u64,
+        }
     }
 
     /// Waits on the state until `deadline` (or a tick, to notice a stop).
@@ -353,6 +420,11 @@ impl Manager {
     /// Items delivered and not yet acknowledged.
     pub fn leased(&self) -> usize {
         self.shared.lock().leases.len()
+    }
+
+    /// Its statistics, as [`super::Client::stats`] gives them to clients.
+    pub fn stats(&self) -> ManagerStats {
+        self.shared.stats()
     }
 
     /// Whether it was asked to stop.
@@ -482,7 +554,9 @@ fn serve(shared: &Arc<Shared>, sock: TcpStream, peer: SocketAddr) {
     {
         log(peer, &why.to_string());
     }
-    if !authenticated {
+    if authenticated {
+        shared.connections.fetch_sub(1, Ordering::AcqRel);
+    } else {
         shared.handshaking.fetch_sub(1, Ordering::AcqRel);
     }
     shared
@@ -601,10 +675,13 @@ fn serve_conn(
     let Some(mac) = proof(key, server_label, &hello.nonce, &ours) else {
         return Err(FrameError::Malformed("cannot compute a proof".to_owned()));
     };
-    write_frame(&mut stream, &ServerProof::Accepted { mac }, max).map_err(io)?;
-    let admin = hello.admin;
+    // Counted before the client hears it is in, so that a client that
+    // asks for the statistics right after connecting is in them.
     *authenticated = true;
     shared.handshaking.fetch_sub(1, Ordering::AcqRel);
+    shared.connections.fetch_add(1, Ordering::AcqRel);
+    write_frame(&mut stream, &ServerProof::Accepted { mac }, max).map_err(io)?;
+    let admin = hello.admin;
 
     loop {
         // The next request usually follows within microseconds.
@@ -678,6 +755,7 @@ fn put_items(
     drop(changes);
     if !fresh.is_empty() {
         st.last_msg.insert(client, last);
+        st.count(&queue).put += fresh.len() as u64;
     }
     let q = st.queues.entry(queue).or_default();
     for (id, body) in fresh {
@@ -731,6 +809,11 @@ fn lease_items(
         };
         size += item.body.len() + 64;
         item.deliveries += 1;
+        let counters = st.count(queue);
+        counters.delivered += 1;
+        if item.deliveries > 1 {
+            counters.redelivered += 1;
+        }
         let lease = st.lease_id();
         out.push((
             lease,
@@ -771,6 +854,11 @@ fn undeliver(shared: &Shared, conn: u64, resp: &Response) {
         if st.leases.get(&l).is_some_and(|x| x.conn == conn)
             && let Some(mut lease) = st.leases.remove(&l)
         {
+            let counters = st.count(&lease.queue);
+            counters.delivered = counters.delivered.saturating_sub(1);
+            if lease.item.deliveries > 1 {
+                counters.redelivered = counters.redelivered.saturating_sub(1);
+            }
             lease.item.deliveries = lease.item.deliveries.saturating_sub(1);
             st.queues
                 .entry(lease.queue)
@@ -848,6 +936,7 @@ fn handle(
                 match take_lease(&mut st, l, conn) {
                     Ok(lease) => {
                         st.remember_ack(l);
+                        st.count(&lease.queue).acked += 1;
                         done.push((lease.queue, lease.item.id));
                     }
                     Err(_) if st.acked.contains(&l) => {}
@@ -862,6 +951,7 @@ fn handle(
             match take_lease(&mut st, lease, conn) {
                 Ok(l) => {
                     st.remember_ack(lease);
+                    st.count(&l.queue).acked += 1;
                     forget(shared, &[(l.queue, l.item.id)]);
                     Response::Done
                 }
@@ -928,6 +1018,7 @@ fn handle(
                 .get(&queue)
                 .map_or(0, |q| q.len() as u64),
         ),
+        Request::Stats => stats_answer(shared),
         Request::Shutdown => {
             if admin {
                 return (Response::Done, true);
@@ -938,6 +1029,21 @@ fn handle(
         }
     };
     (resp, false)
+}
+
+/// The statistics, or an error if they would not fit in a frame (so many
+/// queues that the answer would break the frame limit).
+fn stats_answer(shared: &Shared) -> Response {
+    let resp = Response::Stats(shared.stats());
+    let budget = shared.cfg.max_frame.saturating_sub(FRAME_SLACK);
+    match crate::task::encode(&resp) {
+        Ok(bytes) if bytes.len() <= budget => resp,
+        Ok(bytes) => Response::Error(format!(
+            "the statistics ({} bytes) are over this manager's {budget}-byte frame limit",
+            bytes.len()
+        )),
+        Err(e) => Response::Error(format!("the statistics did not encode: {e}")),
+    }
 }
 
 /// Waits (up to `wait_ms`, while the client is there) for items, and

@@ -11,10 +11,15 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use sha2::Sha256;
 
+use super::ManagerStats;
 use crate::task::{decode, encode};
 
-/// The protocol version both sides must speak.
-pub(crate) const VERSION: u32 = 2;
+/// The protocol version both sides must speak: a client refuses a manager
+/// that speaks another (at once, without retrying). Version 3 added
+/// [`Request::Stats`]; a version-2 manager would take it for a malformed
+/// frame and hang up, and the client would retry it until its reconnection
+/// window closed.
+pub(crate) const VERSION: u32 = 3;
 
 /// The handshake's first frame, from the manager.
 #[derive(Debug, Serialize, Deserialize)]
@@ -87,6 +92,9 @@ pub(crate) enum Request {
     Len { queue: String },
     /// Stops the manager (admin only, and only if the manager allows it).
     Shutdown,
+    /// The manager's statistics (any client). New variants go last: a
+    /// variant's index is its tag on the wire.
+    Stats,
 }
 
 /// What the manager answers.
@@ -105,6 +113,7 @@ pub(crate) enum Response {
     Result(Option<ByteBuf>),
     Len(u64),
     Error(String),
+    Stats(ManagerStats),
 }
 
 /// Why a frame could not be read.
