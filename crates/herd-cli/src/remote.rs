@@ -15,7 +15,6 @@
 
 use std::collections::HashMap;
 use std::os::fd::AsFd;
-use std::os::unix::process::CommandExt;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -569,18 +568,6 @@ impl WorkerCtx {
         let mut cmd = run::command(&prepared);
         cmd.env(registry::SEQ_ENV, job.seq.to_string())
             .env(registry::RUN_ENV, std::process::id().to_string());
-        // SAFETY: the closure runs in the child between fork and exec and
-        // calls only `prctl`, which is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                // The job dies with this worker (it is killed mid-job: the
-                // job runs again elsewhere, and no orphan is left here).
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
         let pair = pool
             .take()
             .map_err(|e| CliError::io("creating output files", e))?;

@@ -668,7 +668,7 @@ struct Running {
 
 /// The `std::process::Command` for a job: the program itself, or
 /// `/bin/sh -c LINE`; its own process group, so a timeout or a halt stops
-/// everything it started.
+/// everything it started; stdin `/dev/null`; killed if herd dies.
 pub(crate) fn command(prepared: &Prepared) -> Command {
     let mut cmd = match prepared {
         Prepared::Direct(argv) => {
@@ -683,6 +683,21 @@ pub(crate) fn command(prepared: &Prepared) -> Command {
         }
     };
     cmd.process_group(0).stdin(Stdio::null());
+    // SAFETY: the closure runs in the child between fork and exec and
+    // calls only `prctl`, which is async-signal-safe and touches no
+    // memory of the parent's.
+    unsafe {
+        cmd.pre_exec(|| {
+            // The job dies with herd (herd killed by SIGKILL included): no
+            // orphan keeps running after its run is gone. This makes std
+            // fork instead of posix_spawn: about 50 us more of herd's CPU
+            // per job, measured (DESIGN.md).
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     cmd
 }
 

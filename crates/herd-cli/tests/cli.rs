@@ -707,3 +707,45 @@ fn submit_without_waiting_then_collect() {
     assert!(!o.stderr.is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn jobs_die_with_a_killed_herd() {
+    let dir = tmpdir("orphans");
+    let pidfile = dir.join("pid");
+    let mut h = herd()
+        .args(["run", "-u"])
+        .arg(format!(
+            "echo $$ > {}.tmp && mv {0}.tmp {0} && exec sleep {{}}",
+            pidfile.display()
+        ))
+        .args([":::", "300"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + GUARD;
+    let job: u32 = loop {
+        assert!(Instant::now() < deadline, "the job never started");
+        if let Ok(s) = std::fs::read_to_string(&pidfile) {
+            break s.trim().parse().unwrap();
+        }
+        std::thread::yield_now();
+    };
+    h.kill().unwrap(); // SIGKILL: herd gets no chance to clean up
+    h.wait().unwrap();
+    let proc = PathBuf::from(format!("/proc/{job}"));
+    while proc.exists() {
+        // A zombie waiting for init to reap it is dead too.
+        let stat = std::fs::read_to_string(proc.join("stat")).unwrap_or_default();
+        if stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job outlived herd");
+        std::thread::yield_now();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
