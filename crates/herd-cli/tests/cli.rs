@@ -749,3 +749,87 @@ fn jobs_die_with_a_killed_herd() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn distributed_run_on_nats_jetstream() {
+    let installed = Command::new("nats-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed {
+        eprintln!("nats-server is not installed: the NATS run is skipped (.ci/run installs it)");
+        return;
+    }
+    let dir = tmpdir("nats");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let token = "cli-nats-token";
+    let _server = Reaped(
+        Command::new("nats-server")
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "--auth",
+                token,
+                "-sd",
+            ])
+            .arg(dir.join("js"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + GUARD;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nats-server never listened");
+        std::thread::yield_now();
+    }
+    let addr = format!("nats://127.0.0.1:{port}");
+    let _workers: Vec<Reaped> = ["n1", "n2"]
+        .iter()
+        .map(|name| {
+            Reaped(
+                herd()
+                    .args([
+                        "worker",
+                        "--connect",
+                        &addr,
+                        "--key",
+                        token,
+                        "-j1",
+                        "--name",
+                        name,
+                    ])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let log = dir.join("log");
+    let o = run(
+        herd()
+            .args(["run", "--workers", &addr, "--key", token, "-k", "--joblog"])
+            .arg(&log)
+            .args(["echo {}; exit {}", ":::", "0", "0", "4"]),
+        b"",
+    );
+    assert_eq!(code(&o), 1, "{o:?}");
+    assert_eq!(stdout(&o), "0\n0\n4\n");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.lines().count(), 4, "{text}");
+    assert!(text.lines().skip(1).all(|l| {
+        let host = l.split('\t').nth(1).unwrap();
+        host == "n1" || host == "n2"
+    }));
+    let _ = std::fs::remove_dir_all(&dir);
+}
