@@ -3,8 +3,9 @@
 //! `cargo run --release -p herd-bench -- <suite> [--quick]` prints one JSON
 //! object per line:
 //! `{"suite":"spawn","case":"trivial","impl":"herd-forkserver","metric":"median_us","value":412.0,"unit":"us"}`.
-//! Suites: `spawn`, `sync`, `queue`, `pool`, `scaling`, `io`, `distributed` (or `all`). `--quick` keeps each suite under 30 seconds.
+//! Suites: `spawn`, `sync`, `queue`, `pool`, `scaling`, `io`, `distributed`, `cli` (or `all`). `--quick` keeps each suite under 30 seconds.
 
+mod cli;
 mod distributed;
 mod io;
 mod pool;
@@ -24,6 +25,7 @@ const SUITES: &[&str] = &[
     "scaling",
     "io",
     "distributed",
+    "cli",
 ];
 
 fn main() -> ExitCode {
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
         "scaling" => scaling::run(quick),
         "io" => io::run(quick),
         "distributed" => distributed::run(quick),
+        "cli" => cli::run(quick),
         "all" => {
             spawn::run(quick);
             sync::run(quick);
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
             scaling::run(quick);
             io::run(quick);
             distributed::run(quick);
+            cli::run(quick);
         }
         other => {
             eprintln!(

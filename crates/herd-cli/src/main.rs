@@ -14,6 +14,7 @@
 //! herd's own messages go to stderr only; stdout carries the jobs' output.
 
 mod cmdline;
+mod guard;
 mod input;
 mod joblog;
 mod output;

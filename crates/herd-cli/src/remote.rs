@@ -26,6 +26,7 @@ use rustix::process::{Pid, Signal};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
+use crate::guard::Guardian;
 use crate::output::{FilePool, note};
 use crate::run::{self, Books, Captured, Outcome, Plan, Signals, Timeout, Verdict, When};
 use crate::template::Prepared;
@@ -395,6 +396,10 @@ pub(crate) fn worker(
     name: Option<String>,
 ) -> Result<ExitCode, CliError> {
     let n = run::parse_jobs(jobs)?;
+    // First, while the worker has one thread (a NATS client starts
+    // several): the guardian, which kills the jobs if the worker dies.
+    let guardian =
+        Arc::new(Guardian::start(n).map_err(|e| CliError::io("starting the guardian process", e))?);
     let host = name.unwrap_or_else(hostname);
     let signals = Signals::install()?;
     let _registration = registry::register("worker", &format!("{host} for {addr}"));
@@ -408,6 +413,7 @@ pub(crate) fn worker(
             host: host.clone(),
             stop: Arc::clone(&stop),
             started: Arc::clone(&started),
+            guardian: Arc::clone(&guardian),
             max_jobs,
         };
         threads.push(
@@ -465,6 +471,7 @@ struct WorkerCtx {
     stop: Arc<AtomicBool>,
     started: Arc<AtomicU64>,
     max_jobs: Option<u64>,
+    guardian: Arc<Guardian>,
 }
 
 impl WorkerCtx {
@@ -589,11 +596,20 @@ impl WorkerCtx {
             }
         };
         drop(cmd);
-        let pidfd = rustix::process::pidfd_open(
+        self.guardian.watch(child.id());
+        let pidfd = match rustix::process::pidfd_open(
             Pid::from_child(&child),
             rustix::process::PidfdFlags::empty(),
-        )
-        .map_err(|e| CliError::io("watching a job", e.into()))?;
+        ) {
+            Ok(fd) => fd,
+            Err(e) => {
+                let _ = rustix::process::kill_process_group(Pid::from_child(&child), Signal::KILL);
+                let _ = child.wait();
+                self.guardian.release(child.id());
+                pool.give_back(pair);
+                return Err(CliError::io("watching a job", e.into()));
+            }
+        };
         let deadline = job.timeout_ms.map(|ms| start + Duration::from_millis(ms));
         let mut kill_at: Option<Instant> = None;
         let mut timed_out = false;
@@ -647,6 +663,7 @@ impl WorkerCtx {
                 }
             }
         };
+        self.guardian.release(child.id());
         result.runtime_us = start.elapsed().as_micros() as u64;
         let (exitval, signal) = run::exit_parts(status);
         result.exitval = exitval;

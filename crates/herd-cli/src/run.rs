@@ -21,6 +21,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rustix::event::{PollFd, PollFlags};
 use rustix::process::{Pid, Signal};
 
+use crate::guard::Guardian;
 use crate::input::{Inputs, Tuple};
 use crate::joblog::{self, Entry, JobLog};
 use crate::output::{self, FilePair, FilePool, LinePipe};
@@ -668,7 +669,7 @@ struct Running {
 
 /// The `std::process::Command` for a job: the program itself, or
 /// `/bin/sh -c LINE`; its own process group, so a timeout or a halt stops
-/// everything it started; stdin `/dev/null`; killed if herd dies.
+/// everything it started; stdin `/dev/null`.
 pub(crate) fn command(prepared: &Prepared) -> Command {
     let mut cmd = match prepared {
         Prepared::Direct(argv) => {
@@ -683,21 +684,6 @@ pub(crate) fn command(prepared: &Prepared) -> Command {
         }
     };
     cmd.process_group(0).stdin(Stdio::null());
-    // SAFETY: the closure runs in the child between fork and exec and
-    // calls only `prctl`, which is async-signal-safe and touches no
-    // memory of the parent's.
-    unsafe {
-        cmd.pre_exec(|| {
-            // The job dies with herd (herd killed by SIGKILL included): no
-            // orphan keeps running after its run is gone. This makes std
-            // fork instead of posix_spawn: about 50 us more of herd's CPU
-            // per job, measured (DESIGN.md).
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
     cmd
 }
 
@@ -734,8 +720,12 @@ pub(crate) fn run_local(args: JobArgs) -> Result<ExitCode, CliError> {
     }
     let detail = plan.describe.clone();
     let _registration = registry::register("run", &detail);
+    // First, while herd has one thread: the guardian is forked.
+    let guardian =
+        Guardian::start(plan.jobs).map_err(|e| CliError::io("starting the guardian process", e))?;
     let signals = Signals::install()?;
     let mut engine = Engine {
+        guardian,
         books: Books::new(&mut plan),
         slots: vec![false; plan.jobs],
         running: Vec::with_capacity(plan.jobs),
@@ -800,6 +790,7 @@ struct Engine {
     input_error: Option<CliError>,
     signal: Option<i32>,
     run_id: String,
+    guardian: Guardian,
 }
 
 impl Engine {
@@ -895,6 +886,7 @@ impl Engine {
             }
         };
         drop(cmd); // closes the parent's copies of the job's pipe ends
+        self.guardian.watch(child.id());
         let pidfd = match rustix::process::pidfd_open(
             Pid::from_child(&child),
             rustix::process::PidfdFlags::empty(),
@@ -905,6 +897,7 @@ impl Engine {
                 let mut child = child;
                 let _ = child.kill();
                 let _ = child.wait();
+                self.guardian.release(child.id());
                 if let Capture::Files(pair) = capture {
                     self.books.pool_back(pair);
                 }
@@ -1134,6 +1127,7 @@ impl Engine {
                 continue;
             }
             let r = self.running.swap_remove(i);
+            self.guardian.release(r.child.id());
             self.slots[r.slot] = false;
             let status = r.exited.unwrap_or_else(|| ExitStatus::from_raw(0));
             let (exitval, signal) = exit_parts(status);

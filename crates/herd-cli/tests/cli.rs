@@ -714,8 +714,9 @@ fn jobs_die_with_a_killed_herd() {
     let pidfile = dir.join("pid");
     let mut h = herd()
         .args(["run", "-u"])
+        // The job's shell and its child in the background: both die.
         .arg(format!(
-            "echo $$ > {}.tmp && mv {0}.tmp {0} && exec sleep {{}}",
+            "sleep {{}} & echo $$ $! > {}.tmp && mv {0}.tmp {0}; wait",
             pidfile.display()
         ))
         .args([":::", "300"])
@@ -724,28 +725,31 @@ fn jobs_die_with_a_killed_herd() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + GUARD;
-    let job: u32 = loop {
+    let pids: Vec<u32> = loop {
         assert!(Instant::now() < deadline, "the job never started");
         if let Ok(s) = std::fs::read_to_string(&pidfile) {
-            break s.trim().parse().unwrap();
+            break s.split_whitespace().map(|p| p.parse().unwrap()).collect();
         }
         std::thread::yield_now();
     };
+    assert_eq!(pids.len(), 2);
     h.kill().unwrap(); // SIGKILL: herd gets no chance to clean up
     h.wait().unwrap();
-    let proc = PathBuf::from(format!("/proc/{job}"));
-    while proc.exists() {
-        // A zombie waiting for init to reap it is dead too.
-        let stat = std::fs::read_to_string(proc.join("stat")).unwrap_or_default();
-        if stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|r| r.trim_start().starts_with('Z'))
-        {
-            break;
+    for job in pids {
+        let proc = PathBuf::from(format!("/proc/{job}"));
+        while proc.exists() {
+            // A zombie waiting for init to reap it is dead too.
+            let stat = std::fs::read_to_string(proc.join("stat")).unwrap_or_default();
+            if stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the job outlived herd");
+            std::thread::yield_now();
         }
-        assert!(Instant::now() < deadline, "the job outlived herd");
-        std::thread::yield_now();
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
