@@ -22,11 +22,42 @@ use rustix::fs::{Mode, OFlags};
 /// pieces.
 pub(crate) const MAX_LINE: usize = 1 << 20;
 
-/// A job's stdout and stderr files.
+/// Past this size a recycled output file is emptied; below it, the next
+/// job's output is appended after the last one's (an `ftruncate` per job
+/// costs the file system more than the bytes do).
+const RECYCLE_AT: u64 = 16 << 20;
+
+/// A job's stdout and stderr files (opened `O_APPEND`, so a job's writes
+/// land at the end whatever it does to its file offset). A recycled pair
+/// may hold earlier jobs' output: this job's starts at `*_base`.
 #[derive(Debug)]
 pub(crate) struct FilePair {
     pub(crate) out: File,
     pub(crate) err: File,
+    out_base: u64,
+    err_base: u64,
+}
+
+impl FilePair {
+    /// Copies this job's stdout to `dst`.
+    pub(crate) fn copy_out(&self, dst: BorrowedFd<'_>) -> io::Result<()> {
+        copy_range(&self.out, self.out_base, dst)
+    }
+
+    /// Copies this job's stderr to `dst`.
+    pub(crate) fn copy_err(&self, dst: BorrowedFd<'_>) -> io::Result<()> {
+        copy_range(&self.err, self.err_base, dst)
+    }
+
+    /// This job's stdout, at most `max` bytes, and whether it was cut.
+    pub(crate) fn read_out(&self, max: u64) -> (Vec<u8>, bool) {
+        read_capped(&self.out, self.out_base, max)
+    }
+
+    /// This job's stderr, at most `max` bytes, and whether it was cut.
+    pub(crate) fn read_err(&self, max: u64) -> (Vec<u8>, bool) {
+        read_capped(&self.err, self.err_base, max)
+    }
 }
 
 /// Makes and recycles [`FilePair`]s.
@@ -44,7 +75,7 @@ impl FilePool {
         }
     }
 
-    /// An empty pair.
+    /// A pair for a new job.
     pub(crate) fn take(&mut self) -> io::Result<FilePair> {
         if let Some(pair) = self.free.pop() {
             return Ok(pair);
@@ -52,27 +83,54 @@ impl FilePool {
         Ok(FilePair {
             out: tmpfile(&self.dir)?,
             err: tmpfile(&self.dir)?,
+            out_base: 0,
+            err_base: 0,
         })
     }
 
-    /// Empties a pair and keeps it for the next job.
-    pub(crate) fn give_back(&mut self, pair: FilePair) {
-        let reset = |f: &File| -> io::Result<()> {
+    /// Keeps a pair for the next job: its output goes after this job's,
+    /// or from the start once the file is large.
+    pub(crate) fn give_back(&mut self, mut pair: FilePair) {
+        let next_base = |f: &File| -> io::Result<u64> {
+            let len = rustix::fs::fstat(f)?.st_size as u64;
+            if len < RECYCLE_AT {
+                return Ok(len);
+            }
             rustix::fs::ftruncate(f, 0)?;
-            rustix::fs::seek(f, rustix::fs::SeekFrom::Start(0))?;
-            Ok(())
+            Ok(0)
         };
-        // A pair that cannot be emptied is dropped, not reused.
-        if reset(&pair.out).is_ok() && reset(&pair.err).is_ok() && self.free.len() < 64 {
+        // A pair that cannot be measured or emptied is dropped, not reused.
+        if let (Ok(o), Ok(e)) = (next_base(&pair.out), next_base(&pair.err))
+            && self.free.len() < 64
+        {
+            pair.out_base = o;
+            pair.err_base = e;
             self.free.push(pair);
         }
     }
 }
 
+/// Up to `max` bytes of `file` from `from`, and whether it was cut.
+fn read_capped(file: &File, from: u64, max: u64) -> (Vec<u8>, bool) {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata().map_or(0, |m| m.len()).saturating_sub(from);
+    let take = len.min(max) as usize;
+    let mut buf = vec![0u8; take];
+    let mut got = 0;
+    while got < take {
+        match file.read_at(&mut buf[got..], from + got as u64) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    buf.truncate(got);
+    (buf, len > max)
+}
+
 /// An unnamed file in `dir`: `O_TMPFILE` where the file system has it,
 /// else a fresh name unlinked at once.
 fn tmpfile(dir: &std::path::Path) -> io::Result<File> {
-    let flags = OFlags::RDWR | OFlags::CLOEXEC;
+    let flags = OFlags::RDWR | OFlags::APPEND | OFlags::CLOEXEC;
     match rustix::fs::open(dir, flags | OFlags::TMPFILE, Mode::RUSR | Mode::WUSR) {
         Ok(fd) => return Ok(File::from(fd)),
         Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::ISDIR => {}
@@ -102,13 +160,13 @@ fn tmpfile(dir: &std::path::Path) -> io::Result<File> {
     Err(io::Error::other("no free temporary file name"))
 }
 
-/// Copies all of `file` (from its start) to `dst`.
-pub(crate) fn copy_file_to(file: &File, dst: BorrowedFd<'_>) -> io::Result<()> {
+/// Copies `file` from `from` to its end to `dst`.
+fn copy_range(file: &File, from: u64, dst: BorrowedFd<'_>) -> io::Result<()> {
     let len = rustix::fs::fstat(file)?.st_size as u64;
-    if len == 0 {
+    if len <= from {
         return Ok(());
     }
-    let mut offset = 0u64;
+    let mut offset = from;
     while offset < len {
         let want = (len - offset).min(1 << 30) as usize;
         match rustix::fs::sendfile(dst, file, Some(&mut offset), want) {
@@ -267,19 +325,27 @@ mod tests {
     use std::io::Seek;
 
     #[test]
-    fn file_pairs_are_emptied_for_reuse() {
+    fn recycled_pairs_show_each_job_only_its_own_output() {
+        let read_all = |pair: &FilePair| {
+            let (r, w) = rustix::pipe::pipe().unwrap();
+            pair.copy_out(w.as_fd()).unwrap();
+            drop(w);
+            let mut got = String::new();
+            File::from(r).read_to_string(&mut got).unwrap();
+            got
+        };
         let mut pool = FilePool::new();
         let mut pair = pool.take().unwrap();
         pair.out.write_all(b"hello").unwrap();
-        let (r, w) = rustix::pipe::pipe().unwrap();
-        copy_file_to(&pair.out, w.as_fd()).unwrap();
-        drop(w);
-        let mut got = String::new();
-        File::from(r).read_to_string(&mut got).unwrap();
-        assert_eq!(got, "hello");
+        assert_eq!(read_all(&pair), "hello");
         pool.give_back(pair);
         let mut again = pool.take().unwrap();
-        assert_eq!(again.out.stream_position().unwrap(), 0);
-        assert_eq!(again.out.metadata().unwrap().len(), 0);
+        assert_eq!(read_all(&again), "");
+        // A job that moves its offset still appends.
+        again.out.seek(std::io::SeekFrom::Start(0)).unwrap();
+        again.out.write_all(b"next").unwrap();
+        assert_eq!(read_all(&again), "next");
+        assert_eq!(again.read_out(2), (b"ne".to_vec(), true));
+        assert_eq!(again.read_err(10), (Vec::new(), false));
     }
 }

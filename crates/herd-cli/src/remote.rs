@@ -406,7 +406,7 @@ pub(crate) fn worker(
     let stop = Arc::new(AtomicBool::new(false));
     let started = Arc::new(AtomicU64::new(0));
     let mut threads = Vec::with_capacity(n);
-    for _ in 0..n {
+    for slot in 0..n {
         let client = connect(addr, key)?;
         let ctx = WorkerCtx {
             client,
@@ -414,6 +414,7 @@ pub(crate) fn worker(
             stop: Arc::clone(&stop),
             started: Arc::clone(&started),
             guardian: Arc::clone(&guardian),
+            slot,
             max_jobs,
         };
         threads.push(
@@ -472,6 +473,8 @@ struct WorkerCtx {
     started: Arc<AtomicU64>,
     max_jobs: Option<u64>,
     guardian: Arc<Guardian>,
+    /// This thread's slot in the guardian's table.
+    slot: usize,
 }
 
 impl WorkerCtx {
@@ -596,7 +599,7 @@ impl WorkerCtx {
             }
         };
         drop(cmd);
-        self.guardian.watch(child.id());
+        self.guardian.watch(self.slot, child.id());
         let pidfd = match rustix::process::pidfd_open(
             Pid::from_child(&child),
             rustix::process::PidfdFlags::empty(),
@@ -605,7 +608,7 @@ impl WorkerCtx {
             Err(e) => {
                 let _ = rustix::process::kill_process_group(Pid::from_child(&child), Signal::KILL);
                 let _ = child.wait();
-                self.guardian.release(child.id());
+                self.guardian.release(self.slot);
                 pool.give_back(pair);
                 return Err(CliError::io("watching a job", e.into()));
             }
@@ -663,7 +666,7 @@ impl WorkerCtx {
                 }
             }
         };
-        self.guardian.release(child.id());
+        self.guardian.release(self.slot);
         result.runtime_us = start.elapsed().as_micros() as u64;
         let (exitval, signal) = run::exit_parts(status);
         result.exitval = exitval;
@@ -676,8 +679,8 @@ impl WorkerCtx {
                 self.host
             ));
         }
-        let (out, cut_out) = read_capped(&pair.out, MAX_OUTPUT);
-        let (err, cut_err) = read_capped(&pair.err, MAX_OUTPUT.saturating_sub(out.len() as u64));
+        let (out, cut_out) = pair.read_out(MAX_OUTPUT);
+        let (err, cut_err) = pair.read_err(MAX_OUTPUT.saturating_sub(out.len() as u64));
         pool.give_back(pair);
         if cut_out || cut_err {
             let msg = format!(
@@ -697,23 +700,6 @@ impl WorkerCtx {
         }
         Ok(Some(result))
     }
-}
-
-/// Up to `max` bytes of a file from its start, and whether it was cut.
-fn read_capped(file: &std::fs::File, max: u64) -> (Vec<u8>, bool) {
-    use std::os::unix::fs::FileExt;
-    let len = file.metadata().map_or(0, |m| m.len());
-    let take = len.min(max) as usize;
-    let mut buf = vec![0u8; take];
-    let mut got = 0;
-    while got < take {
-        match file.read_at(&mut buf[got..], got as u64) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => got += n,
-        }
-    }
-    buf.truncate(got);
-    (buf, len > max)
 }
 
 fn now_ms() -> u64 {

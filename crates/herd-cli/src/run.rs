@@ -176,8 +176,12 @@ impl Plan {
     }
 }
 
+/// The most jobs at once: a larger `-j` is taken as this (and a run
+/// lowers it further to fit the open-file limit, [`fd_budget`]).
+const MAX_JOBS: usize = 1 << 16;
+
 /// `-j`: `N`, `N%` of the CPUs, `+N`/`-N` CPUs, or `0` (as many as
-/// possible: 256).
+/// possible: 256). At most [`MAX_JOBS`].
 pub(crate) fn parse_jobs(spec: Option<&str>) -> Result<usize, CliError> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let Some(spec) = spec else {
@@ -191,7 +195,7 @@ pub(crate) fn parse_jobs(spec: Option<&str>) -> Result<usize, CliError> {
         }
         ((cpus as f64 * p / 100.0).floor() as usize).max(1)
     } else if let Some(plus) = spec.strip_prefix('+') {
-        cpus + plus.parse::<usize>().map_err(|_| bad())?
+        cpus.saturating_add(plus.parse::<usize>().map_err(|_| bad())?)
     } else if let Some(minus) = spec.strip_prefix('-') {
         cpus.saturating_sub(minus.parse::<usize>().map_err(|_| bad())?)
             .max(1)
@@ -201,7 +205,27 @@ pub(crate) fn parse_jobs(spec: Option<&str>) -> Result<usize, CliError> {
             n => n,
         }
     };
-    Ok(n)
+    Ok(n.min(MAX_JOBS))
+}
+
+/// File descriptors herd keeps for itself: the standard streams, the
+/// signal, input and guardian pipes, the joblog, input files, and a job
+/// being started.
+const FD_RESERVE: u64 = 32;
+
+/// How many jobs may run at once and how many finished jobs `-k` may
+/// hold, within the open-file limit (`ulimit -n`), so that no job fails
+/// for want of a descriptor: a running job needs up to five (its two
+/// output files or pipes, its pidfd, and the files of a job just finished
+/// whose output is still to be copied), a held job two (its files).
+pub(crate) fn fd_budget(jobs: usize) -> (usize, usize) {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    let budget = limit.saturating_sub(FD_RESERVE);
+    let jobs = jobs.min((budget / 6).max(1) as usize);
+    let held = (budget.saturating_sub(5 * jobs as u64) / 2).clamp(1, MAX_HELD as u64);
+    (jobs, held as usize)
 }
 
 /// `--timeout`: seconds (fractions allowed) or `N%` of the median.
@@ -333,8 +357,11 @@ pub(crate) struct Books {
     skipped: std::collections::BTreeSet<u64>,
     failed: u64,
     succeeded: u64,
-    /// Sorted run times, for `--timeout N%`.
-    runtimes: Vec<Duration>,
+    /// Run times, for `--timeout N%` only.
+    runtimes: Option<Median>,
+    /// The most finished jobs `-k` holds back ([`MAX_HELD`], or fewer to
+    /// fit the open-file limit).
+    max_held: usize,
     /// Set once `--halt` fired: how, and the exit status it sets.
     pub(crate) halted: Option<(When, u8)>,
     /// herd's stdout is gone (a closed pipe): stop, quietly.
@@ -344,14 +371,23 @@ pub(crate) struct Books {
 
 impl Books {
     pub(crate) fn new(plan: &mut Plan) -> Self {
-        Self::with(
+        let mut books = Self::with(
             plan.keep_order,
             plan.retries,
             plan.halt,
             plan.joblog.take(),
             plan.bar,
             plan.inputs.total(),
-        )
+        );
+        if matches!(plan.timeout, Some(Timeout::Median(_))) {
+            books.runtimes = Some(Median::default());
+        }
+        books
+    }
+
+    /// Holds back at most `n` finished jobs for `-k`.
+    pub(crate) fn set_max_held(&mut self, n: usize) {
+        self.max_held = n.max(1);
     }
 
     /// Bookkeeping with these settings (`total`: the number of jobs, when
@@ -386,7 +422,8 @@ impl Books {
             skipped: Default::default(),
             failed: 0,
             succeeded: 0,
-            runtimes: Vec::new(),
+            runtimes: None,
+            max_held: MAX_HELD,
             halted: None,
             stdout_gone: false,
             pool: FilePool::new(),
@@ -411,7 +448,7 @@ impl Books {
 
     /// Whether too many finished jobs wait for an earlier one (`-k`).
     pub(crate) fn holding_too_many(&self) -> bool {
-        self.held.len() >= MAX_HELD
+        self.held.len() >= self.max_held
     }
 
     /// Whether new jobs may start.
@@ -419,16 +456,18 @@ impl Books {
         self.halted.is_none() && !self.stdout_gone
     }
 
-    /// The median run time so far, once three jobs finished.
+    /// The median run time so far, once three jobs finished (kept only
+    /// for `--timeout N%`).
     pub(crate) fn median(&self) -> Option<Duration> {
-        (self.runtimes.len() >= 3).then(|| self.runtimes[self.runtimes.len() / 2])
+        self.runtimes.as_ref().and_then(Median::get)
     }
 
     /// Takes an outcome: a retry, or logs, counts, prints (now, or in
     /// order) and checks `--halt`.
     pub(crate) fn finish(&mut self, outcome: Outcome, attempt: u32) -> Verdict {
-        let pos = self.runtimes.partition_point(|d| *d < outcome.runtime);
-        self.runtimes.insert(pos, outcome.runtime);
+        if let Some(m) = &mut self.runtimes {
+            m.push(outcome.runtime);
+        }
         if !outcome.succeeded() && attempt < self.retries && self.may_start() {
             self.discard(outcome);
             return Verdict::Retry;
@@ -492,10 +531,13 @@ impl Books {
         if !reached {
             return;
         }
-        let status = match halt.counted {
-            Counted::Success => 0,
-            Counted::Fail => code,
-            Counted::Done => self.failed.min(101) as u8,
+        // GNU's: the halting job's own status when one job was enough,
+        // else the failed jobs (as a percentage for N%); 0 for success.
+        let status = match (halt.counted, halt.count) {
+            (Counted::Success, _) => 0,
+            (_, Threshold::Jobs(1)) => code,
+            (_, Threshold::Jobs(_)) => self.failed.min(101) as u8,
+            (_, Threshold::Percent(_)) => self.failed_percent(self.total),
         };
         self.halted = Some((halt.when, status));
         if !ok {
@@ -538,11 +580,11 @@ impl Books {
             match &outcome.captured {
                 Captured::Nothing => {}
                 Captured::Files(pair) => {
-                    output::copy_file_to(&pair.out, output::stdout_fd())?;
+                    pair.copy_out(output::stdout_fd())?;
                     if let Some(note) = &outcome.note {
                         output::note(note);
                     }
-                    output::copy_file_to(&pair.err, output::stderr_fd())?;
+                    pair.copy_err(output::stderr_fd())?;
                     return Ok(());
                 }
                 Captured::Bytes { out, err } => {
@@ -591,7 +633,56 @@ impl Books {
         if let Some((_, code)) = self.halted {
             return ExitCode::from(code);
         }
+        // With `--halt ...=N%` that never fired, GNU still gives the
+        // failed jobs as a percentage (of those that ran).
+        if let Some(Halt {
+            count: Threshold::Percent(_),
+            ..
+        }) = self.halt
+        {
+            return ExitCode::from(self.failed_percent(None));
+        }
         ExitCode::from(self.failed.min(101) as u8)
+    }
+
+    /// The failed jobs as a percentage (rounded up) of `total`, or of the
+    /// jobs finished when it is unknown.
+    fn failed_percent(&self, total: Option<u64>) -> u8 {
+        let total = total.unwrap_or(self.failed + self.succeeded).max(1);
+        (self.failed.saturating_mul(100).div_ceil(total)).min(100) as u8
+    }
+}
+
+/// A running median: the lower half of the values in a max-heap, the
+/// upper half (as large or one larger) in a min-heap.
+#[derive(Debug, Default)]
+pub(crate) struct Median {
+    low: std::collections::BinaryHeap<Duration>,
+    high: std::collections::BinaryHeap<std::cmp::Reverse<Duration>>,
+}
+
+impl Median {
+    fn push(&mut self, d: Duration) {
+        match self.high.peek() {
+            Some(std::cmp::Reverse(min_high)) if d < *min_high => self.low.push(d),
+            _ => self.high.push(std::cmp::Reverse(d)),
+        }
+        if self.low.len() > self.high.len() {
+            if let Some(d) = self.low.pop() {
+                self.high.push(std::cmp::Reverse(d));
+            }
+        } else if self.high.len() > self.low.len() + 1
+            && let Some(std::cmp::Reverse(d)) = self.high.pop()
+        {
+            self.low.push(d);
+        }
+    }
+
+    /// The value at index `len / 2` in sorted order, once there are three.
+    fn get(&self) -> Option<Duration> {
+        (self.low.len() + self.high.len() >= 3)
+            .then(|| self.high.peek().map(|r| r.0))
+            .flatten()
     }
 }
 
@@ -886,7 +977,7 @@ impl Engine {
             }
         };
         drop(cmd); // closes the parent's copies of the job's pipe ends
-        self.guardian.watch(child.id());
+        self.guardian.watch(slot, child.id());
         let pidfd = match rustix::process::pidfd_open(
             Pid::from_child(&child),
             rustix::process::PidfdFlags::empty(),
@@ -897,7 +988,7 @@ impl Engine {
                 let mut child = child;
                 let _ = child.kill();
                 let _ = child.wait();
-                self.guardian.release(child.id());
+                self.guardian.release(slot);
                 if let Capture::Files(pair) = capture {
                     self.books.pool_back(pair);
                 }
@@ -1117,6 +1208,7 @@ impl Engine {
     }
 
     fn collect_finished(&mut self) {
+        let mut finished = Vec::new();
         let mut i = 0;
         while i < self.running.len() {
             let r = &self.running[i];
@@ -1127,7 +1219,7 @@ impl Engine {
                 continue;
             }
             let r = self.running.swap_remove(i);
-            self.guardian.release(r.child.id());
+            self.guardian.release(r.slot);
             self.slots[r.slot] = false;
             let status = r.exited.unwrap_or_else(|| ExitStatus::from_raw(0));
             let (exitval, signal) = exit_parts(status);
@@ -1156,7 +1248,20 @@ impl Engine {
                 },
                 note,
             };
-            self.conclude(r.job, outcome);
+            finished.push((r.job, outcome));
+        }
+        if finished.is_empty() {
+            return;
+        }
+        // The freed slots get their next jobs before the finished jobs'
+        // output is copied out: the copy then overlaps the new jobs'
+        // start instead of delaying it. Not with --halt, which may forbid
+        // those starts, nor --timeout N%, whose median needs these jobs.
+        if self.plan.halt.is_none() && !matches!(self.plan.timeout, Some(Timeout::Median(_))) {
+            self.start_jobs();
+        }
+        for (job, outcome) in finished {
+            self.conclude(job, outcome);
         }
     }
 }
