@@ -4,6 +4,8 @@
 //! trailing `+` (`:::+`, `::::+`) pairs a source with the one before it
 //! instead of combining every input with every other.
 
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 use crate::CliError;
@@ -33,8 +35,9 @@ pub(crate) struct Split {
 }
 
 /// Splits the words after `herd run [OPTIONS]`. `arg_files` (`-a FILE`)
-/// come first, as sources of their own.
-pub(crate) fn split(words: &[String], arg_files: &[PathBuf]) -> Result<Split, CliError> {
+/// come first, as sources of their own. Inputs and file names may be any
+/// bytes; the command's own words must be UTF-8.
+pub(crate) fn split(words: &[OsString], arg_files: &[PathBuf]) -> Result<Split, CliError> {
     let mut sources: Vec<Source> = arg_files
         .iter()
         .map(|p| Source {
@@ -45,11 +48,17 @@ pub(crate) fn split(words: &[String], arg_files: &[PathBuf]) -> Result<Split, Cl
     let mut command = Vec::new();
     let mut i = 0;
     while i < words.len() && !is_separator(&words[i]) {
-        command.push(words[i].clone());
+        let word = words[i].to_str().ok_or_else(|| {
+            CliError::Usage(format!(
+                "the command word {:?} is not UTF-8 (inputs after `:::` may be any bytes)",
+                words[i]
+            ))
+        })?;
+        command.push(word.to_owned());
         i += 1;
     }
     while i < words.len() {
-        let sep = words[i].as_str();
+        let sep = words[i].to_str().unwrap_or_default();
         let linked = sep.ends_with('+');
         let files = sep.starts_with("::::");
         i += 1;
@@ -85,15 +94,19 @@ pub(crate) fn split(words: &[String], arg_files: &[PathBuf]) -> Result<Split, Cl
     Ok(Split { command, sources })
 }
 
-fn is_separator(word: &str) -> bool {
-    matches!(word, ":::" | ":::+" | "::::" | "::::+")
+fn is_separator(word: &OsString) -> bool {
+    matches!(word.as_bytes(), b":::" | b":::+" | b"::::" | b"::::+")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn words(s: &[&str]) -> Vec<String> {
+    fn words(s: &[&str]) -> Vec<OsString> {
+        s.iter().map(OsString::from).collect()
+    }
+
+    fn strings(s: &[&str]) -> Vec<String> {
         s.iter().map(|w| w.to_string()).collect()
     }
 
@@ -106,7 +119,7 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(s.command, words(&["echo", "{1}"]));
+        assert_eq!(s.command, strings(&["echo", "{1}"]));
         assert_eq!(s.sources.len(), 4);
         assert_eq!(
             s.sources[0].kind,
@@ -125,6 +138,32 @@ mod tests {
         assert_eq!(s.sources[0].kind, SourceKind::Args(vec![]));
         assert!(split(&words(&["true", "::::"]), &[]).is_err());
         assert!(split(&words(&["true", ":::+", "a"]), &[]).is_err());
+    }
+
+    #[test]
+    fn inputs_and_file_names_need_not_be_utf8() {
+        use std::os::unix::ffi::OsStringExt;
+        let latin1 = OsString::from_vec(b"caf\xe9".to_vec());
+        let w = vec![
+            OsString::from("gzip"),
+            OsString::from(":::"),
+            latin1.clone(),
+            OsString::from("::::"),
+            latin1.clone(),
+        ];
+        let s = split(&w, &[]).unwrap();
+        assert_eq!(
+            s.sources[0].kind,
+            SourceKind::Args(vec![b"caf\xe9".to_vec()])
+        );
+        assert_eq!(
+            s.sources[1].kind,
+            SourceKind::File(PathBuf::from(latin1.clone()))
+        );
+        assert!(
+            split(&[latin1], &[]).is_err(),
+            "a command word must be UTF-8"
+        );
     }
 
     #[test]

@@ -3,9 +3,16 @@
 //! the jobs start (a million lines on stdin need not sit in memory before
 //! the first job runs); the others are read up front, since each of their
 //! inputs is used once per input of the groups before them.
+//!
+//! `herd run` reads the first group on a thread of its own
+//! ([`Inputs::read_in_background`]) and takes its inputs without blocking
+//! ([`Inputs::try_next`]): a slow input (a pipe, a terminal) never holds
+//! up the jobs' output, their timeouts, or a signal to herd.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::mpsc;
 
 use crate::CliError;
 use crate::cmdline::{Source, SourceKind};
@@ -13,13 +20,69 @@ use crate::cmdline::{Source, SourceKind};
 /// One job's inputs: the values of `{1}`, `{2}`, ...
 pub(crate) type Tuple = Vec<Vec<u8>>;
 
-type TupleIter = Box<dyn Iterator<Item = io::Result<Tuple>>>;
+type TupleIter = Box<dyn Iterator<Item = io::Result<Tuple>> + Send>;
+
+/// Where the first group's tuples come from.
+enum First {
+    /// Read here, when asked (blocking).
+    Here(TupleIter),
+    /// Read by a thread: tuples arrive on `rx`, and `wake` (the read end
+    /// of a pipe) becomes readable after each one and at the end.
+    Thread {
+        rx: mpsc::Receiver<io::Result<Tuple>>,
+        wake: OwnedFd,
+    },
+}
+
+/// One step of the first group.
+enum Fetch {
+    Tuple(io::Result<Tuple>),
+    End,
+    /// Nothing there yet (only without blocking).
+    NotYet,
+}
+
+impl First {
+    fn fetch(&mut self, block: bool) -> Fetch {
+        match self {
+            Self::Here(iter) => iter.next().map_or(Fetch::End, Fetch::Tuple),
+            Self::Thread { rx, .. } if block => rx.recv().map_or(Fetch::End, Fetch::Tuple),
+            Self::Thread { rx, wake } => {
+                if let Ok(t) = rx.try_recv() {
+                    return Fetch::Tuple(t);
+                }
+                // Nothing: empty the pipe, then look again. A tuple sent
+                // after that second look writes its byte after the pipe
+                // was emptied, so a poll on `wake` cannot miss it.
+                let mut buf = [0u8; 256];
+                while matches!(rustix::io::read(&*wake, &mut buf), Ok(n) if n > 0) {}
+                match rx.try_recv() {
+                    Ok(t) => Fetch::Tuple(t),
+                    Err(mpsc::TryRecvError::Empty) => Fetch::NotYet,
+                    Err(mpsc::TryRecvError::Disconnected) => Fetch::End,
+                }
+            }
+        }
+    }
+}
+
+/// The result of [`Inputs::try_next`].
+#[derive(Debug)]
+pub(crate) enum Next {
+    Tuple(Result<Tuple, CliError>),
+    End,
+    /// No input yet: poll [`Inputs::wake_fd`], then ask again.
+    NotYet,
+}
 
 /// The jobs' inputs, in order.
 pub(crate) struct Inputs {
-    first: TupleIter,
+    first: First,
     rest: Vec<Vec<Tuple>>,
     current: Option<Tuple>,
+    /// The odometer wrapped (or nothing was taken yet): the next tuple
+    /// needs the first group's next one.
+    need_first: bool,
     odometer: Vec<usize>,
     total: Option<u64>,
     done: bool,
@@ -70,11 +133,12 @@ impl Inputs {
         let rest_len: u64 = rest.iter().map(|g| g.len() as u64).product();
         let odometer = vec![0; rest.len()];
         Ok(Self {
-            first,
+            first: First::Here(first),
             total: first_len.map(|n| n * rest_len),
             done: rest.iter().any(|g| g.is_empty()),
             rest,
             current: None,
+            need_first: true,
             odometer,
         })
     }
@@ -90,14 +154,113 @@ impl Inputs {
         if let Some(n) = self.total {
             return Ok(n);
         }
-        let first: Vec<Tuple> = std::mem::replace(&mut self.first, Box::new(std::iter::empty()))
-            .collect::<io::Result<_>>()
-            .map_err(|e| CliError::io("reading the inputs", e))?;
+        let mut first = Vec::new();
+        while let Fetch::Tuple(t) = self.first.fetch(true) {
+            first.push(t.map_err(|e| CliError::io("reading the inputs", e))?);
+        }
         let rest_len: u64 = self.rest.iter().map(|g| g.len() as u64).product();
         let n = first.len() as u64 * rest_len;
-        self.first = Box::new(first.into_iter().map(Ok));
+        self.first = First::Here(Box::new(first.into_iter().map(Ok)));
         self.total = Some(n);
         Ok(n)
+    }
+
+    /// Reads the first group on a thread from now on (when it is read
+    /// from a file or stdin, which may block), for [`Self::try_next`].
+    /// Start no thread before this where a fork must see one thread only.
+    pub(crate) fn read_in_background(&mut self) -> Result<(), CliError> {
+        if self.total.is_some() || self.done || !matches!(self.first, First::Here(_)) {
+            return Ok(()); // in memory already, or nothing to read
+        }
+        let First::Here(iter) =
+            std::mem::replace(&mut self.first, First::Here(Box::new(std::iter::empty())))
+        else {
+            unreachable!("matched above")
+        };
+        let (wake, wake_w) = rustix::pipe::pipe_with(
+            rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
+        )
+        .map_err(|e| CliError::io("creating the input pipe", e.into()))?;
+        let (tx, rx) = mpsc::sync_channel(256);
+        std::thread::Builder::new()
+            .name("herd-input".into())
+            .spawn(move || {
+                for item in iter {
+                    let failed = item.is_err();
+                    if tx.send(item).is_err() {
+                        return; // herd is done with its inputs
+                    }
+                    // Full means a wake-up is pending already.
+                    let _ = rustix::io::write(&wake_w, &[1]);
+                    if failed {
+                        return;
+                    }
+                }
+                // The end: the channel closes first, then the pipe, whose
+                // closing wakes the reader to see it.
+                drop(tx);
+                drop(wake_w);
+            })
+            .map_err(|e| CliError::io("starting the input thread", e))?;
+        self.first = First::Thread { rx, wake };
+        Ok(())
+    }
+
+    /// What to poll (readable) after [`Self::try_next`] said
+    /// [`Next::NotYet`].
+    pub(crate) fn wake_fd(&self) -> Option<BorrowedFd<'_>> {
+        match &self.first {
+            First::Thread { wake, .. } => Some(wake.as_fd()),
+            First::Here(_) => None,
+        }
+    }
+
+    /// The next tuple without blocking (after [`Self::read_in_background`];
+    /// before it, this blocks like [`Iterator::next`]).
+    pub(crate) fn try_next(&mut self) -> Next {
+        self.step(false)
+    }
+
+    fn step(&mut self, block: bool) -> Next {
+        if self.done {
+            return Next::End;
+        }
+        // Advance the odometer over the later groups; when it wraps (or
+        // at the start) take the next tuple of the first group.
+        if !self.need_first {
+            let mut wrapped = true;
+            for i in (0..self.rest.len()).rev() {
+                self.odometer[i] += 1;
+                if self.odometer[i] < self.rest[i].len() {
+                    wrapped = false;
+                    break;
+                }
+                self.odometer[i] = 0;
+            }
+            self.need_first = wrapped;
+        }
+        if self.need_first {
+            match self.first.fetch(block) {
+                Fetch::NotYet => return Next::NotYet,
+                Fetch::End => {
+                    self.done = true;
+                    return Next::End;
+                }
+                Fetch::Tuple(Err(e)) => {
+                    self.done = true;
+                    return Next::Tuple(Err(CliError::io("reading the inputs", e)));
+                }
+                Fetch::Tuple(Ok(t)) => {
+                    self.current = Some(t);
+                    self.need_first = false;
+                }
+            }
+        }
+        let mut tuple = self.current.clone().unwrap_or_default();
+        for (g, &i) in self.rest.iter().zip(&self.odometer) {
+            tuple.extend(g[i].iter().cloned());
+        }
+        Next::Tuple(Ok(tuple))
     }
 }
 
@@ -105,44 +268,10 @@ impl Iterator for Inputs {
     type Item = Result<Tuple, CliError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
-            return None;
+        match self.step(true) {
+            Next::Tuple(t) => Some(t),
+            Next::End | Next::NotYet => None,
         }
-        // Advance the odometer over the later groups; when it wraps (or
-        // at the start) take the next tuple of the first group.
-        let need_first = match &self.current {
-            None => true,
-            Some(_) => {
-                let mut wrapped = true;
-                for i in (0..self.rest.len()).rev() {
-                    self.odometer[i] += 1;
-                    if self.odometer[i] < self.rest[i].len() {
-                        wrapped = false;
-                        break;
-                    }
-                    self.odometer[i] = 0;
-                }
-                wrapped
-            }
-        };
-        if need_first {
-            match self.first.next() {
-                None => {
-                    self.done = true;
-                    return None;
-                }
-                Some(Err(e)) => {
-                    self.done = true;
-                    return Some(Err(CliError::io("reading the inputs", e)));
-                }
-                Some(Ok(t)) => self.current = Some(t),
-            }
-        }
-        let mut tuple = self.current.clone().unwrap_or_default();
-        for (g, &i) in self.rest.iter().zip(&self.odometer) {
-            tuple.extend(g[i].iter().cloned());
-        }
-        Some(Ok(tuple))
     }
 }
 
@@ -172,7 +301,7 @@ fn open_lines(kind: &SourceKind, sep: u8) -> Result<Lines, CliError> {
     let SourceKind::File(path) = kind else {
         unreachable!("only files are read line by line")
     };
-    let reader: Box<dyn Read> = if path.as_os_str() == "-" {
+    let reader: Box<dyn Read + Send> = if path.as_os_str() == "-" {
         Box::new(io::stdin())
     } else {
         Box::new(
@@ -187,7 +316,7 @@ fn open_lines(kind: &SourceKind, sep: u8) -> Result<Lines, CliError> {
 
 /// One input per line (or per NUL-terminated record).
 struct Lines {
-    reader: BufReader<Box<dyn Read>>,
+    reader: BufReader<Box<dyn Read + Send>>,
     sep: u8,
 }
 
@@ -273,13 +402,61 @@ mod tests {
             kind: SourceKind::File(p.clone()),
             linked: false,
         };
-        assert_eq!(all(std::slice::from_ref(&f)), vec![vec!["a b"], vec![""], vec!["c"]]);
+        assert_eq!(
+            all(std::slice::from_ref(&f)),
+            vec![vec!["a b"], vec![""], vec!["c"]]
+        );
         std::fs::write(&p, b"x\ny\0z").unwrap();
         let got: Vec<Tuple> = Inputs::open(&[f], b'\0')
             .unwrap()
             .map(Result::unwrap)
             .collect();
         assert_eq!(got, vec![vec![b"x\ny".to_vec()], vec![b"z".to_vec()]]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn background_reading_never_blocks_and_misses_nothing() {
+        let dir = std::env::temp_dir().join(format!("herd-input-bg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("in");
+        let lines: Vec<String> = (0..2000).map(|i| format!("line {i}")).collect();
+        std::fs::write(&p, lines.join("\n")).unwrap();
+        let sources = [
+            Source {
+                kind: SourceKind::File(p.clone()),
+                linked: false,
+            },
+            args(&["a", "b"], false),
+        ];
+        let mut inputs = Inputs::open(&sources, b'\n').unwrap();
+        inputs.read_in_background().unwrap();
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            match inputs.try_next() {
+                Next::Tuple(t) => got.push(t.unwrap()),
+                Next::End => break,
+                Next::NotYet => {
+                    assert!(std::time::Instant::now() < deadline, "no end");
+                    let fd = inputs.wake_fd().expect("read on a thread");
+                    let mut fds = [rustix::event::PollFd::from_borrowed_fd(
+                        fd,
+                        rustix::event::PollFlags::IN,
+                    )];
+                    let ts = rustix::event::Timespec {
+                        tv_sec: 60,
+                        tv_nsec: 0,
+                    };
+                    rustix::event::poll(&mut fds, Some(&ts)).unwrap();
+                }
+            }
+        }
+        let want: Vec<Tuple> = lines
+            .iter()
+            .flat_map(|l| [b"a", b"b"].map(|x| vec![l.as_bytes().to_vec(), x.to_vec()]))
+            .collect();
+        assert_eq!(got, want);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -119,8 +119,10 @@ pub(crate) struct JobArgs {
     #[arg(long = "dry-run")]
     pub(crate) dry_run: bool,
     /// The command and its inputs: `CMD [ARGS] [::: INPUTS] [:::: FILES]`.
+    /// (Not `String`: an input or file name after `:::` need not be
+    /// UTF-8.)
     #[arg(trailing_var_arg = true, value_name = "COMMAND")]
-    pub(crate) command: Vec<String>,
+    pub(crate) command: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Args)]

@@ -36,9 +36,18 @@ pub(crate) struct FilePair {
     pub(crate) err: File,
     out_base: u64,
     err_base: u64,
+    /// A process outside the finished job (its background child) may
+    /// still write to the files: never give them to another job.
+    shared: bool,
 }
 
 impl FilePair {
+    /// The files stay open elsewhere (a job's leftover process): not to be
+    /// recycled, or its late output would land in another job's group.
+    pub(crate) fn keep_from_reuse(&mut self) {
+        self.shared = true;
+    }
+
     /// Copies this job's stdout to `dst`.
     pub(crate) fn copy_out(&self, dst: BorrowedFd<'_>) -> io::Result<()> {
         copy_range(&self.out, self.out_base, dst)
@@ -85,12 +94,16 @@ impl FilePool {
             err: tmpfile(&self.dir)?,
             out_base: 0,
             err_base: 0,
+            shared: false,
         })
     }
 
     /// Keeps a pair for the next job: its output goes after this job's,
     /// or from the start once the file is large.
     pub(crate) fn give_back(&mut self, mut pair: FilePair) {
+        if pair.shared {
+            return; // closed: a late writer writes to a file no one reads
+        }
         let next_base = |f: &File| -> io::Result<u64> {
             let len = rustix::fs::fstat(f)?.st_size as u64;
             if len < RECYCLE_AT {
@@ -298,6 +311,15 @@ impl LinePipe {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Passes on what is there now, the incomplete last line included,
+    /// and closes the pipe (whoever still holds its other end).
+    pub(crate) fn abandon(&mut self) {
+        let _ = self.pump();
+        let rest = std::mem::take(&mut self.partial);
+        let _ = emit(self.to_stderr, &rest);
+        self.pipe = None;
     }
 
     /// The read end, while open.

@@ -578,7 +578,7 @@ impl WorkerCtx {
         let mut cmd = run::command(&prepared);
         cmd.env(registry::SEQ_ENV, job.seq.to_string())
             .env(registry::RUN_ENV, std::process::id().to_string());
-        let pair = pool
+        let mut pair = pool
             .take()
             .map_err(|e| CliError::io("creating output files", e))?;
         let files = pair
@@ -658,7 +658,10 @@ impl WorkerCtx {
                     d.heartbeat(LEASE),
                     Err(herd::manager::ManagerError::LeaseLost(_))
                 );
-                let halted_now = matches!(self.halted(&job.batch)?.as_deref(), Some("now"));
+                // Not `?`: returning here would leave the job running,
+                // unwatched and unreaped. A manager that stays away
+                // fails the result's `put` once the job is done.
+                let halted_now = matches!(self.halted(&job.batch), Ok(Some(h)) if h == "now");
                 if (stopping || lease_lost || halted_now) && kill_at.is_none() {
                     abandon = stopping || lease_lost;
                     let _ = rustix::process::kill_process_group(group, Signal::TERM);
@@ -666,6 +669,11 @@ impl WorkerCtx {
                 }
             }
         };
+        // A process left in the job's group may still write to its files:
+        // not to be recycled into another job's output.
+        if rustix::process::test_kill_process_group(Pid::from_child(&child)).is_ok() {
+            pair.keep_from_reuse();
+        }
         self.guardian.release(self.slot);
         result.runtime_us = start.elapsed().as_micros() as u64;
         let (exitval, signal) = run::exit_parts(status);

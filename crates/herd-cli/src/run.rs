@@ -22,7 +22,7 @@ use rustix::event::{PollFd, PollFlags};
 use rustix::process::{Pid, Signal};
 
 use crate::guard::Guardian;
-use crate::input::{Inputs, Tuple};
+use crate::input::{Inputs, Next, Tuple};
 use crate::joblog::{self, Entry, JobLog};
 use crate::output::{self, FilePair, FilePool, LinePipe};
 use crate::template::{Prepared, Template};
@@ -139,17 +139,18 @@ impl Plan {
         }
         let mut skip = std::collections::HashSet::new();
         let resuming = args.resume || args.resume_failed;
-        let joblog = match &args.joblog {
-            Some(path) if !args.dry_run => {
-                if resuming {
-                    for (seq, ok) in joblog::read(path)? {
-                        if args.resume || ok {
-                            skip.insert(seq);
-                        }
-                    }
+        if let Some(path) = &args.joblog
+            && resuming
+        {
+            // Read with --dry-run too: it shows the jobs that would run.
+            for (seq, ok) in joblog::read(path)? {
+                if args.resume || ok {
+                    skip.insert(seq);
                 }
-                Some(JobLog::open(path, resuming)?)
             }
+        }
+        let joblog = match &args.joblog {
+            Some(path) if !args.dry_run => Some(JobLog::open(path, resuming)?),
             _ => None,
         };
         Ok(Self {
@@ -811,13 +812,26 @@ pub(crate) fn run_local(args: JobArgs) -> Result<ExitCode, CliError> {
     }
     let detail = plan.describe.clone();
     let _registration = registry::register("run", &detail);
+    let (jobs, max_held) = fd_budget(plan.jobs);
+    if jobs < plan.jobs {
+        output::note(&format!(
+            "-j {}: the open-file limit (ulimit -n) allows {jobs} jobs at once",
+            plan.jobs
+        ));
+        plan.jobs = jobs;
+    }
     // First, while herd has one thread: the guardian is forked.
     let guardian =
         Guardian::start(plan.jobs).map_err(|e| CliError::io("starting the guardian process", e))?;
     let signals = Signals::install()?;
+    // Then the input thread: a slow input must not stall the loop.
+    plan.inputs.read_in_background()?;
+    let mut books = Books::new(&mut plan);
+    books.set_max_held(max_held);
     let mut engine = Engine {
+        input_waiting: false,
         guardian,
-        books: Books::new(&mut plan),
+        books,
         slots: vec![false; plan.jobs],
         running: Vec::with_capacity(plan.jobs),
         retry: VecDeque::new(),
@@ -878,6 +892,8 @@ struct Engine {
     retry: VecDeque<Pending>,
     next_seq: u64,
     inputs_done: bool,
+    /// The last try for an input found none yet: poll for one.
+    input_waiting: bool,
     input_error: Option<CliError>,
     signal: Option<i32>,
     run_id: String,
@@ -893,11 +909,8 @@ impl Engine {
             {
                 return;
             }
-            if self.running.is_empty() {
-                // Nothing to wait for: only `-k`'s hold can get here,
-                // and it cannot (the job it waits for is running).
-                continue;
-            }
+            // Jobs to watch, or an input to wait for (`-k`'s hold never
+            // stops the job it waits for, retries included).
             self.wait(signals);
         }
     }
@@ -911,13 +924,17 @@ impl Engine {
             return Some(job);
         }
         while !self.inputs_done {
-            match self.plan.inputs.next() {
-                None => self.inputs_done = true,
-                Some(Err(e)) => {
+            match self.plan.inputs.try_next() {
+                Next::NotYet => {
+                    self.input_waiting = true;
+                    return None;
+                }
+                Next::End => self.inputs_done = true,
+                Next::Tuple(Err(e)) => {
                     self.inputs_done = true;
                     self.input_error = Some(e);
                 }
-                Some(Ok(inputs)) => {
+                Next::Tuple(Ok(inputs)) => {
                     let seq = self.next_seq;
                     self.next_seq += 1;
                     if self.plan.skip.contains(&seq) {
@@ -936,9 +953,12 @@ impl Engine {
     }
 
     fn start_jobs(&mut self) {
+        self.input_waiting = false;
+        // A retry may start whatever `-k` holds: the held jobs may be
+        // waiting for it.
         while self.running.len() < self.plan.jobs
             && !self.stopping()
-            && !self.books.holding_too_many()
+            && (!self.books.holding_too_many() || !self.retry.is_empty())
         {
             let Some(job) = self.next_job() else { return };
             self.start(job);
@@ -1085,7 +1105,7 @@ impl Engine {
     fn stop_all(&mut self) {
         let now = Instant::now();
         for r in &mut self.running {
-            if r.exited.is_none() && r.kill_at.is_none() {
+            if r.live() && r.kill_at.is_none() {
                 signal_group(&r.child, Signal::TERM);
                 r.kill_at = Some(now + GRACE);
             }
@@ -1093,6 +1113,15 @@ impl Engine {
     }
 
     fn wait(&mut self, signals: &Signals) {
+        if let Some(Timeout::Median(p)) = self.plan.timeout
+            && let Some(m) = self.books.median()
+        {
+            // As the median moves, so do the running jobs' deadlines
+            // (those started before there was one included).
+            for r in &mut self.running {
+                r.deadline = Some(r.start + m.mul_f64(p / 100.0));
+            }
+        }
         let now = Instant::now();
         let mut next: Option<Instant> = None;
         for r in &self.running {
@@ -1120,6 +1149,13 @@ impl Engine {
                     }
                 }
             }
+        }
+        // Last, past the jobs' entries: the input, when it is awaited.
+        if self.input_waiting
+            && !self.stopping()
+            && let Some(fd) = self.plan.inputs.wake_fd()
+        {
+            fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
         }
         let timeout = next.map(|t| {
             let d = t.saturating_duration_since(now);
@@ -1160,6 +1196,9 @@ impl Engine {
                 _ => {}
             }
         }
+        if self.books.stdout_gone {
+            self.stop_all();
+        }
         self.check_deadlines();
         self.collect_finished();
     }
@@ -1168,7 +1207,7 @@ impl Engine {
         if self.signal.is_some() {
             // A second signal: no more grace.
             for r in &mut self.running {
-                if r.exited.is_none() {
+                if r.live() {
                     signal_group(&r.child, Signal::KILL);
                 }
             }
@@ -1178,7 +1217,7 @@ impl Engine {
         let fwd = Signal::from_named_raw(sig).unwrap_or(Signal::TERM);
         let now = Instant::now();
         for r in &mut self.running {
-            if r.exited.is_none() {
+            if r.live() {
                 signal_group(&r.child, fwd);
                 r.kill_at = Some(now + GRACE * 10);
             }
@@ -1188,7 +1227,9 @@ impl Engine {
     fn check_deadlines(&mut self) {
         let now = Instant::now();
         for r in &mut self.running {
-            if r.exited.is_some() {
+            // A job whose first process ended may have left one holding
+            // its pipes (line-buffered): time it out, kill it too.
+            if !r.live() {
                 continue;
             }
             if let Some(d) = r.deadline
@@ -1203,6 +1244,15 @@ impl Engine {
             {
                 signal_group(&r.child, Signal::KILL);
                 r.kill_at = None;
+                if r.exited.is_some() {
+                    // What holds the pipes now is not the job's (or it
+                    // escaped its group): take what is there, stop
+                    // waiting for more.
+                    if let Capture::Lines(out, err) = &mut r.capture {
+                        out.abandon();
+                        err.abandon();
+                    }
+                }
             }
         }
     }
@@ -1218,7 +1268,14 @@ impl Engine {
                 i += 1;
                 continue;
             }
-            let r = self.running.swap_remove(i);
+            let mut r = self.running.swap_remove(i);
+            // A process left in the job's group (a background child) may
+            // still write to the job's files: they must not be recycled.
+            if let Capture::Files(pair) = &mut r.capture
+                && rustix::process::test_kill_process_group(Pid::from_child(&r.child)).is_ok()
+            {
+                pair.keep_from_reuse();
+            }
             self.guardian.release(r.slot);
             self.slots[r.slot] = false;
             let status = r.exited.unwrap_or_else(|| ExitStatus::from_raw(0));
@@ -1263,6 +1320,15 @@ impl Engine {
         for (job, outcome) in finished {
             self.conclude(job, outcome);
         }
+    }
+}
+
+impl Running {
+    /// Whether the job, or something holding its output pipes, may still
+    /// run.
+    fn live(&self) -> bool {
+        self.exited.is_none()
+            || matches!(&self.capture, Capture::Lines(o, e) if o.fd().is_some() || e.fd().is_some())
     }
 }
 
@@ -1326,5 +1392,105 @@ mod tests {
         ] {
             assert!(parse_halt(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn huge_job_counts_are_clamped_not_overflowed() {
+        assert_eq!(parse_jobs(Some("+18446744073709551615")).unwrap(), MAX_JOBS);
+        assert_eq!(parse_jobs(Some("100000000000")).unwrap(), MAX_JOBS);
+        assert_eq!(parse_jobs(Some("1e12%")).unwrap(), MAX_JOBS);
+    }
+
+    #[test]
+    fn the_fd_budget_leaves_room_for_every_job_and_held_file() {
+        let (jobs, held) = fd_budget(MAX_JOBS);
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .unwrap_or(u64::MAX);
+        assert!(jobs >= 1 && held >= 1);
+        assert!(
+            FD_RESERVE + 5 * jobs as u64 + 2 * held as u64 <= limit.max(FD_RESERVE + 7),
+            "{jobs} jobs, {held} held within {limit}"
+        );
+        assert_eq!(fd_budget(1).0, 1);
+    }
+
+    #[test]
+    fn running_median_matches_the_sorted_middle() {
+        let mut m = Median::default();
+        let mut all = Vec::new();
+        for (i, ms) in [5u64, 1, 9, 9, 2, 7, 3, 3, 8, 0, 6, 4]
+            .into_iter()
+            .enumerate()
+        {
+            let d = Duration::from_millis(ms);
+            m.push(d);
+            all.push(d);
+            all.sort();
+            let want = (i >= 2).then(|| all[all.len() / 2]);
+            assert_eq!(m.get(), want, "after {all:?}");
+        }
+    }
+
+    fn outcome(seq: u64, exitval: i32) -> Outcome {
+        Outcome {
+            seq,
+            command: b"job".to_vec(),
+            host: ":".into(),
+            start: SystemTime::UNIX_EPOCH,
+            runtime: Duration::ZERO,
+            send: 0,
+            receive: 0,
+            exitval,
+            signal: 0,
+            captured: Captured::Nothing,
+            note: None,
+        }
+    }
+
+    /// The exit status after these jobs' exit values, with `--halt halt`.
+    fn status_after(halt: &str, exits: &[i32]) -> ExitCode {
+        let mut books = Books::with(
+            false,
+            1,
+            parse_halt(halt).unwrap(),
+            None,
+            false,
+            Some(exits.len() as u64),
+        );
+        for (i, &e) in exits.iter().enumerate() {
+            if !books.may_start() {
+                break;
+            }
+            books.finish(outcome(i as u64 + 1, e), 1);
+        }
+        books.exit_code()
+    }
+
+    #[test]
+    fn halt_exit_statuses_are_gnu_s() {
+        // fail=1 and done=1: the halting job's own status.
+        assert_eq!(status_after("now,fail=1", &[0, 3, 4]), ExitCode::from(3));
+        assert_eq!(status_after("soon,done=1", &[3, 2]), ExitCode::from(3));
+        // fail=N, done=N: the number of failed jobs.
+        assert_eq!(status_after("now,fail=2", &[3, 4, 0]), ExitCode::from(2));
+        assert_eq!(status_after("now,done=2", &[3, 0, 5]), ExitCode::from(1));
+        // N%: the failed jobs' percentage of all jobs, rounded up.
+        assert_eq!(
+            status_after("now,fail=50%", &[0, 3, 4, 0]),
+            ExitCode::from(50)
+        );
+        assert_eq!(
+            status_after("now,done=50%", &[3, 4, 0, 0]),
+            ExitCode::from(50)
+        );
+        // N% that never fired: still a percentage (of the jobs run).
+        assert_eq!(
+            status_after("soon,fail=50%", &[0, 1, 0, 5, 0, 0]),
+            ExitCode::from(34)
+        );
+        // success: 0.
+        assert_eq!(status_after("now,success=1", &[1, 0, 4]), ExitCode::from(0));
+        assert_eq!(status_after("never", &[1, 0, 4]), ExitCode::from(2));
     }
 }

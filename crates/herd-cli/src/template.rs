@@ -79,11 +79,11 @@ impl Template {
             });
         }
         let mut parsed: Vec<Vec<Part>> = words.iter().map(|w| parse_word(w)).collect();
-        let mentions_input = parsed
-            .iter()
-            .flatten()
-            .any(|p| matches!(p, Part::Input { .. }));
-        if !mentions_input {
+        // Any replacement string, `{#}` and `{%}` included, means the
+        // command places what it needs: GNU parallel appends the input
+        // only to a command with none.
+        let has_replacement = parsed.iter().flatten().any(|p| !matches!(p, Part::Lit(_)));
+        if !has_replacement {
             parsed.push(vec![Part::Input {
                 pos: None,
                 op: Op::Whole,
@@ -477,6 +477,15 @@ mod tests {
         assert!(t(&["FOO=1", "env"], 1).uses_shell());
         assert!(!t(&["gzip", "--best", "{}"], 1).uses_shell());
         assert!(t(&["x{}y"], 2).uses_shell());
+    }
+
+    #[test]
+    fn seq_or_slot_alone_does_not_append_the_input() {
+        // GNU: `parallel echo {#} ::: A B C` prints 1 2 3.
+        let tpl = t(&["echo", "{#}"], 1);
+        assert_eq!(direct(tpl.render(&tuple(&["A"]), 1, 1)), ["echo", "1"]);
+        let tpl = t(&["echo", "job-{%}"], 1);
+        assert_eq!(direct(tpl.render(&tuple(&["A"]), 1, 2)), ["echo", "job-2"]);
     }
 
     #[test]
