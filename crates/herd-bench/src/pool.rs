@@ -52,8 +52,14 @@ fn ratio(case: &str, what: &str, value: f64) {
     });
 }
 
-/// Best of three runs of `f(n)`, in tasks/s; `None` if a run failed.
+/// Best of three runs of `f(n)`, in tasks/s, after one untimed warm-up
+/// run (the first run of a case pays for fresh memory: page faults on
+/// the output, an allocator growing its heap); `None` if a run failed.
 fn best(n: u64, mut f: impl FnMut(u64) -> Result<(), String>) -> Option<f64> {
+    if let Err(e) = f(n) {
+        note(SUITE, &e);
+        return None;
+    }
     let mut top: f64 = 0.0;
     for _ in 0..3 {
         let t = Instant::now();

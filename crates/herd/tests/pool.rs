@@ -254,6 +254,30 @@ fn the_api_works_on_both_backends() -> Result<(), Failed> {
     })
 }
 
+/// A thread pool's map claims items from a shared counter: a closed pool
+/// refuses it, and a pool terminated mid-map ends it with an error, not a
+/// hang (the items never claimed get the pool's reason).
+fn thread_maps_end_on_close_and_terminate() -> Result<(), Failed> {
+    let p = pool(Backend::Threads, 2);
+    p.close();
+    check(
+        p.map(square, 0..10u64) == Err(TaskError::Closed),
+        "a closed pool refuses a map",
+    )?;
+    let p = pool(Backend::Threads, 1);
+    // One worker busy for a while, the map's jobs queued behind it.
+    let busy = p.apply_async(nap, (200,));
+    let m = p.map_async_chunked(square, 0..100u64, 1);
+    p.terminate();
+    check(m.wait_timeout(GUARD), "the map ends")?;
+    check(
+        m.get() == Err(TaskError::Terminated),
+        "with the pool's reason",
+    )?;
+    let _ = busy.wait_timeout(GUARD);
+    Ok(())
+}
+
 fn chunking_is_correct() -> Result<(), Failed> {
     each_backend(|b| {
         let p = pool(b, 2);
@@ -919,6 +943,10 @@ fn main() {
             the_api_works_on_both_backends,
         ),
         Trial::test("chunking_is_correct", chunking_is_correct),
+        Trial::test(
+            "thread_maps_end_on_close_and_terminate",
+            thread_maps_end_on_close_and_terminate,
+        ),
         Trial::test("imap_is_lazy_and_bounded", imap_is_lazy_and_bounded),
         Trial::test(
             "panic_is_an_error_with_location",

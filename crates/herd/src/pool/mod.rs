@@ -78,6 +78,7 @@
 //! `with Pool() as p:` does on leaving the block; call
 //! [`close`](Pool::close) and [`join`](Pool::join) to let the work finish.
 
+mod claim;
 mod process;
 mod result;
 mod thread;
@@ -537,6 +538,10 @@ impl PoolBuilder {
             })),
         };
         Ok(Pool {
+            claim: self.backend == Backend::Threads
+                && !self.events
+                && self.max_tasks_per_child.is_none()
+                && self.task_timeout.is_none(),
             engine,
             backend: self.backend,
             size,
@@ -551,6 +556,10 @@ impl PoolBuilder {
 /// A pool of workers running tasks: Python's `multiprocessing.Pool`
 /// (and `ThreadPool`), crash-proof. See the [module docs](self).
 pub struct Pool {
+    /// Thread maps claim items from a shared counter (see [`claim`]):
+    /// threads, and nothing that needs a job per chunk (events, a timeout,
+    /// a job limit per worker).
+    claim: bool,
     engine: Engine,
     backend: Backend,
     size: usize,
@@ -901,6 +910,9 @@ impl Pool {
         let chunk = chunksize
             .unwrap_or_else(|| auto_chunk(lo, self.size))
             .max(1);
+        if self.claim && !self.progress {
+            return self.claim_map(f, items.collect(), chunk);
+        }
         let slot = Slot::new();
         let progress = self.progress_bar(lo as u64);
         let collector = Arc::new(Mutex::new(MapState {
@@ -964,6 +976,51 @@ impl Pool {
             finish(result);
         }
         AsyncResult::new(slot, first_id)
+    }
+
+    /// A thread pool's `map`: one job per worker (not per chunk), each
+    /// claiming the next `chunk` items from a shared counter until none
+    /// are left, writing each result in its place. A chunk costs one
+    /// atomic add instead of a job, its allocations and the pool's lock.
+    fn claim_map<F, A>(&self, f: F, items: Vec<A>, chunk: usize) -> AsyncResult<Vec<F::Output>>
+    where
+        F: TaskFn<A>,
+        A: Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let slot = Slot::new();
+        let id = self.next_id();
+        let n = items.len();
+        if n == 0 {
+            slot.fill(Ok(Vec::new()));
+            return AsyncResult::new(slot, id);
+        }
+        let workers = self.size.min(n.div_ceil(chunk));
+        let claim = Arc::new(claim::Claim::new(f, items, chunk, workers));
+        for i in 0..workers {
+            let run = Arc::clone(&claim);
+            let done = Arc::clone(&claim);
+            let slot = Arc::clone(&slot);
+            self.submit(Job {
+                id: if i == 0 { id } else { self.next_id() },
+                items: 0,
+                work: Work::Local(Box::new(move || {
+                    run.run();
+                    (Box::new(()), 0)
+                })),
+                timeout: None,
+                done: Box::new(move |result| {
+                    let failure = match result {
+                        JobResult::Failed(e) => Some(e),
+                        _ => None,
+                    };
+                    if let Some(all) = done.finish(failure) {
+                        slot.fill(all);
+                    }
+                }),
+            });
+        }
+        AsyncResult::new(slot, id)
     }
 
     fn progress_bar(&self, len: u64) -> Option<indicatif::ProgressBar> {

@@ -1,0 +1,308 @@
+//! A thread pool's `map` without a job per chunk.
+//!
+//! The input vector is taken over as it is (no copy), and the results go
+//! into one preallocated vector of the same length. Each of (at most)
+//! `size` jobs loops: it claims the next `chunk` indices with one atomic
+//! add on a shared counter, runs those items (a panic is that item's
+//! error), and writes each value in its place. The job that finishes last
+//! hands the results over as a `Vec` (again no copy) — or, if any item
+//! failed, the first error by position. Claiming costs one atomic add per
+//! chunk; the per-chunk job (a boxed closure, a completion, a trip through
+//! the pool's lock) that `map_chunked(f, items, 1)` used to pay per item
+//! is gone. The chunk size keeps its meaning: how many items a worker
+//! takes at a time.
+//!
+//! Claimed ranges are disjoint and start at 0, and a claimed range is
+//! always run to its end (panics are caught per item), so once every job
+//! has finished, the indices below `min(next, len)` are exactly those
+//! whose input was taken, and each of them holds a value unless it is in
+//! `errors`.
+
+use std::cell::UnsafeCell;
+use std::mem::{ManuallyDrop, MaybeUninit};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use super::result::TaskError;
+use crate::PanicReport;
+use crate::task::TaskFn;
+
+/// A vector's buffer, owned as raw parts so that threads can move
+/// elements in and out of their own indices.
+struct Buffer<T> {
+    ptr: *mut MaybeUninit<T>,
+    cap: usize,
+}
+
+impl<T> Buffer<T> {
+    fn from_vec(v: Vec<T>) -> Self {
+        let mut v = ManuallyDrop::new(v);
+        Self {
+            ptr: v.as_mut_ptr().cast(),
+            cap: v.capacity(),
+        }
+    }
+
+    fn with_capacity(n: usize) -> Self {
+        Self::from_vec(Vec::with_capacity(n))
+    }
+}
+
+/// One `map` in progress.
+pub(crate) struct Claim<F, A, R> {
+    f: F,
+    len: usize,
+    /// The inputs; index `i` is moved out by the job that claimed it.
+    inputs: Buffer<A>,
+    /// The values; index `i` is written by the job that claimed it.
+    outputs: Buffer<R>,
+    /// The next index to claim (it runs past the end as jobs find none).
+    next: AtomicUsize,
+    chunk: usize,
+    /// Jobs not finished (run, or failed to run).
+    left: AtomicUsize,
+    /// Items that failed, by index (their output cell stays empty).
+    errors: Mutex<Vec<(usize, TaskError)>>,
+    /// Why a job could not run (the pool terminated first, say).
+    failure: Mutex<Option<TaskError>>,
+    /// Set (under `left` reaching zero) once `finish` moved the values
+    /// out or dropped them.
+    settled: UnsafeCell<bool>,
+}
+
+// SAFETY: an input and its output cell are touched by the single job
+// whose atomic add handed it that index, and all cells (and `settled`) by
+// the last job to finish, after every other job's decrement of `left`
+// (`AcqRel`, which orders their writes before its reads), or by `Drop`,
+// which has `&mut`. Values cross threads, hence `A: Send`, `R: Send`; `f`
+// is `Copy + Send` and only called.
+unsafe impl<F: Send, A: Send, R: Send> Sync for Claim<F, A, R> {}
+// SAFETY: as above; the raw buffers are owned like a `Vec`'s.
+unsafe impl<F: Send, A: Send, R: Send> Send for Claim<F, A, R> {}
+
+impl<F, A, R> Claim<F, A, R>
+where
+    F: TaskFn<A, Output = R>,
+{
+    /// `items` shared by `jobs` jobs taking `chunk` at a time.
+    pub(crate) fn new(f: F, items: Vec<A>, chunk: usize, jobs: usize) -> Self {
+        let len = items.len();
+        Self {
+            f,
+            len,
+            inputs: Buffer::from_vec(items),
+            outputs: Buffer::with_capacity(len),
+            next: AtomicUsize::new(0),
+            chunk: chunk.max(1),
+            left: AtomicUsize::new(jobs),
+            errors: Mutex::new(Vec::new()),
+            failure: Mutex::new(None),
+            settled: UnsafeCell::new(false),
+        }
+    }
+
+    /// One job's work: claim and run chunks until none are left.
+    pub(crate) fn run(&self) {
+        loop {
+            let start = self.next.fetch_add(self.chunk, Ordering::Relaxed);
+            if start >= self.len {
+                return;
+            }
+            for i in start..(start + self.chunk).min(self.len) {
+                // SAFETY: the atomic add gave `start..start + chunk` to this
+                // job alone, each index once; `i < len <= capacity`, and
+                // input `i` was initialised by the caller's vector.
+                let a = unsafe { (*self.inputs.ptr.add(i)).assume_init_read() };
+                let f = self.f;
+                match catch_unwind(AssertUnwindSafe(move || f.call(a))) {
+                    // SAFETY: index `i` is this job's alone; `i < capacity`.
+                    Ok(v) => unsafe {
+                        (*self.outputs.ptr.add(i)).write(v);
+                    },
+                    Err(p) => self
+                        .errors
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push((i, TaskError::Panicked(PanicReport::from_payload(&*p)))),
+                }
+            }
+        }
+    }
+
+    /// A job is done (`failure`: it could not run). The last one returns
+    /// every result in order, or the first error by position.
+    pub(crate) fn finish(&self, failure: Option<TaskError>) -> Option<Result<Vec<R>, TaskError>> {
+        if let Some(e) = failure {
+            self.failure
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get_or_insert(e);
+        }
+        if self.left.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return None;
+        }
+        // Every job has finished: this thread alone touches the buffers.
+        let taken = self.next.load(Ordering::Relaxed).min(self.len);
+        let mut errors =
+            std::mem::take(&mut *self.errors.lock().unwrap_or_else(PoisonError::into_inner));
+        // SAFETY: only the last finisher gets here, once.
+        unsafe { *self.settled.get() = true };
+        if taken == self.len && errors.is_empty() {
+            // SAFETY: all `len` values were written (every index below
+            // `taken` holds one, no error); the buffer came from a
+            // `Vec<R>` with capacity `outputs.cap`; `settled` keeps `Drop`
+            // from touching it again.
+            let values = unsafe {
+                Vec::from_raw_parts(self.outputs.ptr.cast::<R>(), self.len, self.outputs.cap)
+            };
+            return Some(Ok(values));
+        }
+        errors.sort_unstable_by_key(|(i, _)| *i);
+        // SAFETY: as above, this thread is alone with the buffer.
+        unsafe { drop_values(&self.outputs, taken, &errors) };
+        let first = match errors.into_iter().next() {
+            Some((_, e)) => e,
+            // No item failed: some were never claimed, because every job
+            // that could have run them failed to start.
+            None => self
+                .failure
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+                .unwrap_or(TaskError::Terminated),
+        };
+        Some(Err(first))
+    }
+}
+
+/// Drops the values written below `taken` (all but the failed indices,
+/// `errors` sorted by index) and frees the buffer.
+///
+/// # Safety
+///
+/// The caller is alone with `out`, the written indices are exactly those
+/// below `taken` not in `errors`, and the buffer is not used again.
+unsafe fn drop_values<R>(out: &Buffer<R>, taken: usize, errors: &[(usize, TaskError)]) {
+    let mut failed = errors.iter().map(|(i, _)| *i).peekable();
+    for i in 0..taken {
+        if failed.peek() == Some(&i) {
+            failed.next();
+            continue;
+        }
+        // SAFETY: index `i` holds a value (the caller's contract).
+        unsafe { (*out.ptr.add(i)).assume_init_drop() };
+    }
+    // SAFETY: the buffer came from a `Vec<R>` of capacity `cap`; its
+    // values are dropped above; length 0 frees the allocation only.
+    drop(unsafe { Vec::from_raw_parts(out.ptr.cast::<R>(), 0, out.cap) });
+}
+
+impl<F, A, R> Drop for Claim<F, A, R> {
+    fn drop(&mut self) {
+        let taken = (*self.next.get_mut()).min(self.len);
+        // Inputs never claimed are still here; the rest were moved out.
+        for i in taken..self.len {
+            // SAFETY: `&mut self`: no job runs; index `i >= taken` was
+            // never claimed, so it still holds its input.
+            unsafe { (*self.inputs.ptr.add(i)).assume_init_drop() };
+        }
+        // SAFETY: the buffer came from the caller's `Vec<A>`; every
+        // element is dropped or moved out; length 0 frees it only.
+        drop(unsafe { Vec::from_raw_parts(self.inputs.ptr.cast::<A>(), 0, self.inputs.cap) });
+        if !*self.settled.get_mut() {
+            // `finish` never ran to the end (a job was lost): the values
+            // written so far are dropped here.
+            let errors = std::mem::take(
+                self.errors
+                    .get_mut()
+                    .unwrap_or_else(PoisonError::into_inner),
+            );
+            let mut errors = errors;
+            errors.sort_unstable_by_key(|(i, _)| *i);
+            // SAFETY: `&mut self`: alone with the buffer, used no more.
+            unsafe { drop_values(&self.outputs, taken, &errors) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicIsize;
+
+    /// Counts live values: +1 made, -1 dropped.
+    static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+    #[derive(Debug)]
+    struct Tracked(u32);
+
+    impl Tracked {
+        fn new(v: u32) -> Self {
+            LIVE.fetch_add(1, Ordering::SeqCst);
+            Self(v)
+        }
+    }
+
+    impl Drop for Tracked {
+        fn drop(&mut self) {
+            LIVE.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    fn double(t: Tracked) -> Tracked {
+        assert!(t.0 != 13, "13 is cursed");
+        Tracked::new(t.0 * 2)
+    }
+
+    fn inputs(n: u32) -> Vec<(Tracked,)> {
+        (0..n).map(|i| (Tracked::new(i),)).collect()
+    }
+
+    // One test, so the live count is not shared between tests running at
+    // once.
+    #[test]
+    fn every_value_is_dropped_exactly_once() {
+        // All succeed, two jobs sharing chunks of 3.
+        let c = Claim::new(double, inputs(13), 3, 2);
+        std::thread::scope(|s| {
+            s.spawn(|| c.run());
+            s.spawn(|| c.run());
+        });
+        assert!(c.finish(None).is_none());
+        let got = c.finish(None).unwrap().unwrap();
+        assert_eq!(
+            got.iter().map(|t| t.0).collect::<Vec<_>>(),
+            (0..13).map(|i| i * 2).collect::<Vec<_>>()
+        );
+        drop(c);
+        assert_eq!(LIVE.load(Ordering::SeqCst), 13);
+        drop(got);
+        assert_eq!(LIVE.load(Ordering::SeqCst), 0);
+
+        // Item 13 panics: the error by position, every other value dropped.
+        let c = Claim::new(double, inputs(20), 1, 1);
+        c.run();
+        let err = c.finish(None).unwrap().unwrap_err();
+        assert!(matches!(err, TaskError::Panicked(r) if r.message.contains("cursed")));
+        drop(c);
+        assert_eq!(LIVE.load(Ordering::SeqCst), 0);
+
+        // The job never ran (the pool terminated): inputs dropped, the
+        // pool's reason reported.
+        let c = Claim::new(double, inputs(5), 2, 1);
+        assert_eq!(
+            c.finish(Some(TaskError::Terminated)).unwrap().unwrap_err(),
+            TaskError::Terminated
+        );
+        drop(c);
+        assert_eq!(LIVE.load(Ordering::SeqCst), 0);
+
+        // Dropped without a finish (a lost job): values written so far and
+        // unclaimed inputs are both dropped.
+        let c = Claim::new(double, inputs(6), 2, 2);
+        c.run();
+        drop(c);
+        assert_eq!(LIVE.load(Ordering::SeqCst), 0);
+    }
+}
