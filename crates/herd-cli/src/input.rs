@@ -12,7 +12,6 @@
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::mpsc;
 
 use crate::CliError;
 use crate::cmdline::{Source, SourceKind};
@@ -22,16 +21,58 @@ pub(crate) type Tuple = Vec<Vec<u8>>;
 
 type TupleIter = Box<dyn Iterator<Item = io::Result<Tuple>> + Send>;
 
+/// Tuples the input thread read ahead, at most [`FEED_AHEAD`].
+const FEED_AHEAD: usize = 4096;
+
+/// The queue between the input thread and the run loop. The thread is
+/// woken only when the queue has drained to half (not per tuple), and the
+/// loop only when it said it waits (a byte on the pipe), so a fast input
+/// costs no wake-up per job.
+#[derive(Default)]
+struct Feed {
+    state: std::sync::Mutex<FeedState>,
+    room: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct FeedState {
+    items: std::collections::VecDeque<io::Result<Tuple>>,
+    /// The thread read everything (or failed).
+    ended: bool,
+    /// The loop is gone: the thread stops.
+    dropped: bool,
+    /// The loop found the queue empty and polls the pipe.
+    loop_waiting: bool,
+    /// The thread waits for room.
+    thread_waiting: bool,
+}
+
+impl Feed {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FeedState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// Where the first group's tuples come from.
 enum First {
     /// Read here, when asked (blocking).
     Here(TupleIter),
-    /// Read by a thread: tuples arrive on `rx`, and `wake` (the read end
-    /// of a pipe) becomes readable after each one and at the end.
-    Thread {
-        rx: mpsc::Receiver<io::Result<Tuple>>,
-        wake: OwnedFd,
-    },
+    /// Read by a thread into `feed`; `wake` (the read end of a pipe)
+    /// becomes readable when a tuple arrives for a waiting loop, and at
+    /// the end.
+    Thread { feed: FeedHandle, wake: OwnedFd },
+}
+
+/// The loop's hold on the feed: dropping it stops the thread.
+struct FeedHandle(std::sync::Arc<Feed>);
+
+impl Drop for FeedHandle {
+    fn drop(&mut self) {
+        self.0.lock().dropped = true;
+        self.0.room.notify_all();
+    }
 }
 
 /// One step of the first group.
@@ -46,22 +87,41 @@ impl First {
     fn fetch(&mut self, block: bool) -> Fetch {
         match self {
             Self::Here(iter) => iter.next().map_or(Fetch::End, Fetch::Tuple),
-            Self::Thread { rx, .. } if block => rx.recv().map_or(Fetch::End, Fetch::Tuple),
-            Self::Thread { rx, wake } => {
-                if let Ok(t) = rx.try_recv() {
+            Self::Thread { feed, wake } => loop {
+                let feed = &feed.0;
+                let mut st = feed.lock();
+                if let Some(t) = st.items.pop_front() {
+                    if st.thread_waiting && st.items.len() <= FEED_AHEAD / 2 {
+                        st.thread_waiting = false;
+                        drop(st);
+                        feed.room.notify_one();
+                    }
                     return Fetch::Tuple(t);
                 }
-                // Nothing: empty the pipe, then look again. A tuple sent
-                // after that second look writes its byte after the pipe
-                // was emptied, so a poll on `wake` cannot miss it.
-                let mut buf = [0u8; 256];
-                while matches!(rustix::io::read(&*wake, &mut buf), Ok(n) if n > 0) {}
-                match rx.try_recv() {
-                    Ok(t) => Fetch::Tuple(t),
-                    Err(mpsc::TryRecvError::Empty) => Fetch::NotYet,
-                    Err(mpsc::TryRecvError::Disconnected) => Fetch::End,
+                if st.ended {
+                    return Fetch::End;
                 }
-            }
+                // Empty: say so under the lock; the thread's next tuple
+                // then writes a byte to the pipe. Empty the pipe of older
+                // bytes first, so a poll on it waits for that one.
+                st.loop_waiting = true;
+                drop(st);
+                let mut buf = [0u8; 64];
+                while matches!(rustix::io::read(&*wake, &mut buf), Ok(n) if n > 0) {}
+                let st = feed.lock();
+                if !st.items.is_empty() || st.ended {
+                    continue;
+                }
+                drop(st);
+                if !block {
+                    return Fetch::NotYet;
+                }
+                let mut fds = [rustix::event::PollFd::new(
+                    &*wake,
+                    rustix::event::PollFlags::IN,
+                )];
+                let _ = rustix::event::poll(&mut fds, None);
+            },
         }
     }
 }
@@ -181,28 +241,47 @@ impl Inputs {
             rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
         )
         .map_err(|e| CliError::io("creating the input pipe", e.into()))?;
-        let (tx, rx) = mpsc::sync_channel(256);
+        let feed = std::sync::Arc::new(Feed::default());
+        let theirs = std::sync::Arc::clone(&feed);
         std::thread::Builder::new()
             .name("herd-input".into())
             .spawn(move || {
+                let feed = theirs;
+                // Wakes the loop if it waits; the byte is its signal.
+                let wake = |st: &mut FeedState| {
+                    if std::mem::take(&mut st.loop_waiting) {
+                        let _ = rustix::io::write(&wake_w, &[1]);
+                    }
+                };
                 for item in iter {
                     let failed = item.is_err();
-                    if tx.send(item).is_err() {
+                    let mut st = feed.lock();
+                    while st.items.len() >= FEED_AHEAD && !st.dropped {
+                        st.thread_waiting = true;
+                        st = feed
+                            .room
+                            .wait(st)
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    }
+                    if st.dropped {
                         return; // herd is done with its inputs
                     }
-                    // Full means a wake-up is pending already.
-                    let _ = rustix::io::write(&wake_w, &[1]);
+                    st.items.push_back(item);
+                    wake(&mut st);
                     if failed {
+                        st.ended = true;
                         return;
                     }
                 }
-                // The end: the channel closes first, then the pipe, whose
-                // closing wakes the reader to see it.
-                drop(tx);
-                drop(wake_w);
+                let mut st = feed.lock();
+                st.ended = true;
+                wake(&mut st);
             })
             .map_err(|e| CliError::io("starting the input thread", e))?;
-        self.first = First::Thread { rx, wake };
+        self.first = First::Thread {
+            feed: FeedHandle(feed),
+            wake,
+        };
         Ok(())
     }
 
