@@ -330,7 +330,12 @@ impl Outcome {
         if self.signal != 0 {
             (128 + self.signal).clamp(0, 255) as u8
         } else {
-            self.exitval.clamp(0, 255) as u8
+            // -1: killed by --timeout; still a failure.
+            if self.exitval < 0 {
+                1
+            } else {
+                self.exitval.min(255) as u8
+            }
         }
     }
 }
@@ -701,11 +706,19 @@ impl Signals {
         )
         .map_err(|e| CliError::io("creating the signal pipe", e.into()))?;
         let last = Arc::new(AtomicUsize::new(0));
+        // A second signal ends herd at once, from the handler: even while
+        // herd is blocked writing to a stdout nobody reads. Its jobs die
+        // with it (the guardian).
+        let seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
         for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
             let w = write
                 .try_clone()
                 .map_err(|e| CliError::io("creating the signal pipe", e))?;
-            signal_hook::flag::register_usize(sig, Arc::clone(&last), sig as usize)
+            signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, Arc::clone(&seen))
+                .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&seen)))
+                .and_then(|_| {
+                    signal_hook::flag::register_usize(sig, Arc::clone(&last), sig as usize)
+                })
                 .and_then(|_| signal_hook::low_level::pipe::register(sig, w))
                 .map_err(|e| CliError::io("installing the signal handlers", e))?;
         }
@@ -1279,7 +1292,11 @@ impl Engine {
             self.guardian.release(r.slot);
             self.slots[r.slot] = false;
             let status = r.exited.unwrap_or_else(|| ExitStatus::from_raw(0));
-            let (exitval, signal) = exit_parts(status);
+            let (mut exitval, signal) = exit_parts(status);
+            if r.timed_out {
+                // GNU parallel's joblog marks a job its timeout killed so.
+                exitval = -1;
+            }
             let runtime = r.start.elapsed();
             let note = r.timed_out.then(|| {
                 format!(

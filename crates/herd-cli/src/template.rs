@@ -337,13 +337,14 @@ fn base(v: &[u8]) -> &[u8] {
     }
 }
 
-/// Removes the last `.ext` of the last path component (`a.b/c` keeps its
-/// dot; so does a dot file like `.bashrc`).
+/// Removes the last `.ext` of the last path component, as GNU parallel
+/// does (`s:\.[^/.]*$::`): `a.b/c` keeps its dot, `x.tar.gz` becomes
+/// `x.tar`, and a dot file `.bashrc` becomes empty, `a.` becomes `a`.
 fn strip_ext(v: &[u8]) -> &[u8] {
     let start = v.iter().rposition(|&c| c == b'/').map_or(0, |i| i + 1);
     match v[start..].iter().rposition(|&c| c == b'.') {
-        Some(dot) if dot > 0 => &v[..start + dot],
-        _ => v,
+        Some(dot) => &v[..start + dot],
+        None => v,
     }
 }
 
@@ -434,7 +435,9 @@ mod tests {
     #[test]
     fn path_edge_cases() {
         assert_eq!(strip_ext(b"a.b/c"), b"a.b/c");
-        assert_eq!(strip_ext(b".bashrc"), b".bashrc");
+        assert_eq!(strip_ext(b".bashrc"), b"");
+        assert_eq!(strip_ext(b"a."), b"a");
+        assert_eq!(strip_ext(b"dir/.x"), b"dir/");
         assert_eq!(strip_ext(b"x.y"), b"x");
         assert_eq!(dir(b"file"), b".");
         assert_eq!(dir(b"/file"), b"/");

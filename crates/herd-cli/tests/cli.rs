@@ -335,6 +335,11 @@ fn timeouts_kill_the_job_and_its_children() {
     let text = std::fs::read_to_string(&log).unwrap();
     let killed = text.lines().find(|l| l.starts_with("1\t")).unwrap();
     assert_eq!(killed.split('\t').nth(7), Some("15"), "{killed}");
+    assert_eq!(
+        killed.split('\t').nth(6),
+        Some("-1"),
+        "GNU's mark: {killed}"
+    );
     // A percentage of the median: three quick jobs, then one far slower.
     let o = run(
         herd().args([
@@ -836,4 +841,58 @@ fn distributed_run_on_nats_jetstream() {
         host == "n1" || host == "n2"
     }));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_second_signal_ends_herd_stuck_on_a_full_stdout() {
+    // herd's stdout is a pipe nobody reads: copying a job's megabyte of
+    // output out blocks. The first SIGTERM cannot be handled there; the
+    // second ends herd at once.
+    let mut h = herd()
+        .args([
+            "run",
+            "-j1",
+            "head",
+            "-c",
+            "4000000",
+            "/dev/zero",
+            ":::",
+            "a",
+            "b",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = h.id();
+    let deadline = Instant::now() + GUARD;
+    // Blocked in sendfile (40) or write (1) on the full pipe.
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "herd never blocked on its stdout"
+        );
+        let sc = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+        if sc.starts_with("40 ") || sc.starts_with("1 ") {
+            break;
+        }
+        std::thread::yield_now();
+    }
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(h.wait());
+    });
+    // Two signals may merge into one if sent while the first is pending:
+    // send until herd is gone.
+    let status = loop {
+        assert!(Instant::now() < deadline, "herd ignored repeated SIGTERMs");
+        // SAFETY: a signal to a child not yet reaped (the waiting thread
+        // reaps it only once it exits, and then we stop sending).
+        unsafe { libc_kill(pid as i32, 15) };
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(s) => break s.unwrap(),
+            Err(_) => continue,
+        }
+    };
+    assert_eq!(status.code(), Some(143));
 }
