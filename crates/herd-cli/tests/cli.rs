@@ -896,3 +896,17 @@ fn a_second_signal_ends_herd_stuck_on_a_full_stdout() {
     };
     assert_eq!(status.code(), Some(143));
 }
+
+#[test]
+fn progress_bar_keeps_stdout_clean() {
+    // --bar reads every input first (to know the total) and draws on
+    // stderr only; the jobs' output is untouched.
+    let o = run(herd().args(["run", "--bar", "-k", "echo"]), b"a\nb\nc\n");
+    assert_eq!(code(&o), 0, "{o:?}");
+    assert_eq!(stdout(&o), "a\nb\nc\n");
+    let o = run(
+        herd().args(["run", "--bar", "-j2", "true", ":::", "1", "2", "3"]),
+        b"",
+    );
+    assert_eq!((code(&o), o.stdout.len()), (0, 0));
+}
