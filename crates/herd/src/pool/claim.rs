@@ -109,22 +109,32 @@ where
             if start >= self.len {
                 return;
             }
-            for i in start..(start + self.chunk).min(self.len) {
-                // SAFETY: the atomic add gave `start..start + chunk` to this
-                // job alone, each index once; `i < len <= capacity`, and
-                // input `i` was initialised by the caller's vector.
-                let a = unsafe { (*self.inputs.ptr.add(i)).assume_init_read() };
-                let f = self.f;
-                match catch_unwind(AssertUnwindSafe(move || f.call(a))) {
-                    // SAFETY: index `i` is this job's alone; `i < capacity`.
-                    Ok(v) => unsafe {
-                        (*self.outputs.ptr.add(i)).write(v);
-                    },
-                    Err(p) => self
-                        .errors
+            let end = (start + self.chunk).min(self.len);
+            let (inputs, outputs, f) = (self.inputs.ptr, self.outputs.ptr, self.f);
+            let mut i = start;
+            // One unwinding guard per stretch of items, not per item: the
+            // loop inside is a plain loop the compiler can optimise. After
+            // a panic, item `i - 1` is the one that failed; go on after it.
+            while i < end {
+                let run = catch_unwind(AssertUnwindSafe(|| {
+                    while i < end {
+                        // SAFETY: the atomic add gave `start..end` to this
+                        // job alone, each index once; `i < len <=
+                        // capacity`; input `i` was initialised by the
+                        // caller's vector and is read once (`i` advances
+                        // before the call, so a panic does not retry it).
+                        let a = unsafe { (*inputs.add(i)).assume_init_read() };
+                        i += 1;
+                        let v = f.call(a);
+                        // SAFETY: index `i - 1` is this job's alone.
+                        unsafe { (*outputs.add(i - 1)).write(v) };
+                    }
+                }));
+                if let Err(p) = run {
+                    self.errors
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
-                        .push((i, TaskError::Panicked(PanicReport::from_payload(&*p)))),
+                        .push((i - 1, TaskError::Panicked(PanicReport::from_payload(&*p))));
                 }
             }
         }

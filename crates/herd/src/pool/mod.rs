@@ -793,6 +793,33 @@ impl Pool {
         F::Output: DeserializeOwned + Send + 'static,
     {
         let slot = Slot::new();
+        if self.backend == Backend::Threads {
+            // The worker fills the slot itself: no one-item vector, no
+            // boxed chunk to downcast, no list of results to unpack. The
+            // completion only reports a job that did not run (closed,
+            // terminated, timed out): the slot keeps the first outcome.
+            let id = self.next_id();
+            let filler = Arc::clone(&slot);
+            let on_failure = Arc::clone(&slot);
+            self.submit(Job {
+                id,
+                items: 1,
+                work: Work::Local(Box::new(move || {
+                    let r = catch_unwind(AssertUnwindSafe(move || f.call(args)))
+                        .map_err(|p| TaskError::Panicked(PanicReport::from_payload(&*p)));
+                    let failed = usize::from(r.is_err());
+                    filler.fill(r);
+                    (Box::new(()), failed)
+                })),
+                timeout,
+                done: Box::new(move |result| {
+                    if let JobResult::Failed(e) = result {
+                        on_failure.fill(Err(e));
+                    }
+                }),
+            });
+            return AsyncResult::new(slot, id);
+        }
         let filler = Arc::clone(&slot);
         let id = self.submit_chunk(f, vec![args], timeout, move |chunk| {
             filler.fill(
