@@ -25,6 +25,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::marker::PhantomData;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::Poll;
@@ -340,6 +341,23 @@ impl<T> Queue<T> {
         }
     }
 
+    /// `len` bytes from `pos`, into a new vector (not zeroed first: a
+    /// 64 KiB item would otherwise be written twice).
+    fn read_vec(&self, pos: u64, len: usize) -> Vec<u8> {
+        let mut out: Vec<u8> = Vec::with_capacity(len);
+        let off = (pos & (self.cap - 1)) as usize;
+        let first = len.min(self.cap as usize - off);
+        // SAFETY: as in `write_at` for the ring; `out` has capacity `len`,
+        // both copies together write exactly its first `len` bytes, after
+        // which they are initialised.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ring().add(off), out.as_mut_ptr(), first);
+            std::ptr::copy_nonoverlapping(self.ring(), out.as_mut_ptr().add(first), len - first);
+            out.set_len(len);
+        }
+        out
+    }
+
     /// Takes the lock (a dead previous holder is fine: every operation
     /// publishes last, so the state is consistent whenever it is released).
     fn lock(&self, deadline: Option<Instant>) -> bool {
@@ -500,20 +518,74 @@ impl<T: Serialize> Queue<T> {
         deadline: Option<Instant>,
         wait: bool,
     ) -> Result<(), PutError<T>> {
-        let bytes = match crate::task::encode(&value) {
-            Ok(b) => b,
-            Err(reason) => return Err(PutError::Encode { value, reason }),
-        };
-        match self.put_bytes_until(&bytes, deadline, wait) {
-            Ok(()) => Ok(()),
-            Err(RawPut::Full) => Err(PutError::Full(value)),
-            Err(RawPut::Timeout) => Err(PutError::Timeout(value)),
-            Err(RawPut::Closed) => Err(PutError::Closed(value)),
-            Err(RawPut::TooLarge) => Err(PutError::TooLarge {
+        // The size first, by a counting pass (a byte string is counted, not
+        // copied); then, under the lock, the value is encoded straight into
+        // the ring: one copy of the bytes instead of two (into a vector,
+        // then into the ring), and no allocation.
+        let mut counter = Counter(0);
+        if let Err(e) = rmp_serde::encode::write(&mut counter, &value) {
+            return Err(PutError::Encode {
                 value,
-                size: bytes.len(),
+                reason: e.to_string(),
+            });
+        }
+        let size = counter.0;
+        if size > self.max_message {
+            return Err(PutError::TooLarge {
+                value,
+                size,
                 limit: self.max_message,
-            }),
+            });
+        }
+        let need = 4 + size as u64;
+        let tail = match self.reserve(need, deadline, wait) {
+            Ok(tail) => tail,
+            Err(e) => return Err(self.put_error(e, value, size)),
+        };
+        self.write_at(tail, &(size as u32).to_le_bytes());
+        let mut ring = RingWriter {
+            queue: self,
+            pos: tail + 4,
+            end: tail + need,
+        };
+        let wrote = catch_unwind(AssertUnwindSafe(|| {
+            rmp_serde::encode::write(&mut ring, &value)
+        }));
+        match wrote {
+            Ok(Ok(())) if ring.pos == ring.end => {
+                self.commit(tail, need);
+                Ok(())
+            }
+            // A `Serialize` that wrote another size the second time (or
+            // failed only now): nothing was published; take the slow path,
+            // which encodes once.
+            Ok(_) => {
+                self.unlock();
+                let bytes = match crate::task::encode(&value) {
+                    Ok(b) => b,
+                    Err(reason) => return Err(PutError::Encode { value, reason }),
+                };
+                let size = bytes.len();
+                self.put_bytes_until(&bytes, deadline, wait)
+                    .map_err(|e| self.put_error(e, value, size))
+            }
+            Err(panic) => {
+                self.unlock();
+                std::panic::resume_unwind(panic)
+            }
+        }
+    }
+
+    fn put_error(&self, e: RawPut, value: T, size: usize) -> PutError<T> {
+        match e {
+            RawPut::Full => PutError::Full(value),
+            RawPut::Timeout => PutError::Timeout(value),
+            RawPut::Closed => PutError::Closed(value),
+            RawPut::TooLarge => PutError::TooLarge {
+                value,
+                size,
+                limit: self.max_message,
+            },
         }
     }
 
@@ -595,6 +667,17 @@ impl<T> Queue<T> {
             return Err(RawPut::TooLarge);
         }
         let need = 4 + bytes.len() as u64;
+        let tail = self.reserve(need, deadline, wait)?;
+        self.write_at(tail, &(bytes.len() as u32).to_le_bytes());
+        self.write_at(tail + 4, bytes);
+        self.commit(tail, need);
+        Ok(())
+    }
+
+    /// Takes the lock and waits (if `wait`, up to `deadline`) until a
+    /// frame of `need` bytes fits; returns where it goes, with the lock
+    /// held. On an error the lock is released.
+    fn reserve(&self, need: u64, deadline: Option<Instant>, wait: bool) -> Result<u64, RawPut> {
         if !self.lock(deadline) {
             return Err(RawPut::Timeout);
         }
@@ -627,9 +710,12 @@ impl<T> Queue<T> {
                 return Err(RawPut::Timeout);
             }
         }
-        let tail = self.tail().load(Ordering::Relaxed);
-        self.write_at(tail, &(bytes.len() as u32).to_le_bytes());
-        self.write_at(tail + 4, bytes);
+        Ok(self.tail().load(Ordering::Relaxed))
+    }
+
+    /// Publishes the frame of `need` bytes written at `tail`, wakes a
+    /// getter and releases the lock.
+    fn commit(&self, tail: u64, need: u64) {
         // Publish last: a producer that dies before this line left nothing.
         self.tail().store(tail + need, Ordering::Release);
         // Under the lock, a plain update (atomic only for lock-free readers
@@ -641,6 +727,44 @@ impl<T> Queue<T> {
         }
         self.signal(self.not_empty(), self.sleeping_getters(), false);
         self.unlock();
+    }
+}
+
+/// Counts the bytes an encoding would take, storing none.
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes an encoding into the ring space reserved for it (the lock
+/// held); refuses to write past it.
+struct RingWriter<'a, T> {
+    queue: &'a Queue<T>,
+    pos: u64,
+    end: u64,
+}
+
+impl<T> std::io::Write for RingWriter<'_, T> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.pos + buf.len() as u64 > self.end {
+            return Err(std::io::Error::other(
+                "the encoding grew between two passes",
+            ));
+        }
+        self.queue.write_at(self.pos, buf);
+        self.pos += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
 }
@@ -759,8 +883,7 @@ impl<T: DeserializeOwned> Queue<T> {
                 "corrupt queue state; the queue was reset".to_owned(),
             ));
         };
-        let mut bytes = vec![0u8; len as usize];
-        self.read_at(head + 4, &mut bytes);
+        let bytes = self.read_vec(head + 4, len as usize);
         // Publish last: a consumer that dies before this line took nothing.
         self.head().store(head + 4 + len, Ordering::Release);
         self.count()
