@@ -147,6 +147,54 @@ fn release(st: MutexGuard<'_, State>) {
     }
 }
 
+/// A job taken from the queue and registered as running (its completion
+/// is in `State::running`).
+struct Taken {
+    id: u64,
+    items: usize,
+    work: Work,
+    /// Whether it has a deadline (the timer must look again).
+    timed: bool,
+}
+
+/// Registers `job` as running on thread `me` (under the lock).
+fn take(shared: &Arc<Shared>, st: &mut State, job: Job, me: u64) -> Taken {
+    let Job {
+        id,
+        items,
+        work,
+        timeout,
+        done,
+    } = job;
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    st.running.insert(
+        id,
+        Running {
+            done,
+            deadline,
+            timeout: timeout.unwrap_or_default(),
+            thread: me,
+        },
+    );
+    if deadline.is_some() && !st.timer {
+        st.timer = true;
+        let for_timer = Arc::clone(shared);
+        if std::thread::Builder::new()
+            .name("herd-pool-timer".to_owned())
+            .spawn(move || timer(&for_timer))
+            .is_err()
+        {
+            st.timer = false;
+        }
+    }
+    Taken {
+        id,
+        items,
+        work,
+        timed: deadline.is_some(),
+    }
+}
+
 fn worker(shared: &Arc<Shared>, me: u64) {
     if let Some(init) = &shared.cfg.init
         && let Err(p) = catch_unwind(AssertUnwindSafe(|| init()))
@@ -162,66 +210,53 @@ fn worker(shared: &Arc<Shared>, me: u64) {
         return;
     }
     let mut jobs = 0u64;
+    // The next job, taken while finishing the last one (one trip through
+    // the lock for both when the queue is busy).
+    let mut next: Option<Taken> = None;
     loop {
-        // Work usually arrives within microseconds of the last job: look
-        // before sleeping, so the submitter need not wake this thread.
-        poll_briefly(|| {
-            shared.queued.load(Ordering::Acquire) != 0 || shared.stop.load(Ordering::Acquire)
-        });
-        let mut st = shared.lock();
-        let job = loop {
-            if st.terminated || st.broken.is_some() {
-                break None;
+        let taken = match next.take() {
+            Some(t) => t,
+            None => {
+                // Work usually arrives within microseconds of the last job:
+                // look before sleeping, so the submitter need not wake this
+                // thread.
+                poll_briefly(|| {
+                    shared.queued.load(Ordering::Acquire) != 0
+                        || shared.stop.load(Ordering::Acquire)
+                });
+                let mut st = shared.lock();
+                let job = loop {
+                    if st.terminated || st.broken.is_some() {
+                        break None;
+                    }
+                    if let Some(job) = st.queue.pop_front() {
+                        shared.queued.store(st.queue.len(), Ordering::Release);
+                        break Some(job);
+                    }
+                    if st.closed {
+                        break None;
+                    }
+                    st.sleepers += 1;
+                    st = shared.work.wait(st).unwrap_or_else(PoisonError::into_inner);
+                    st.sleepers -= 1;
+                };
+                let Some(job) = job else {
+                    st.threads = st.threads.saturating_sub(1);
+                    release(st);
+                    shared.changed.notify_all();
+                    return;
+                };
+                let taken = take(shared, &mut st, job, me);
+                release(st);
+                if taken.timed {
+                    shared.timer.notify_all();
+                }
+                taken
             }
-            if let Some(job) = st.queue.pop_front() {
-                shared.queued.store(st.queue.len(), Ordering::Release);
-                break Some(job);
-            }
-            if st.closed {
-                break None;
-            }
-            st.sleepers += 1;
-            st = shared.work.wait(st).unwrap_or_else(PoisonError::into_inner);
-            st.sleepers -= 1;
         };
-        let Some(job) = job else {
-            st.threads = st.threads.saturating_sub(1);
-            release(st);
-            shared.changed.notify_all();
-            return;
-        };
-        let Job {
-            id,
-            items,
-            work,
-            timeout,
-            done,
-        } = job;
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        st.running.insert(
-            id,
-            Running {
-                done,
-                deadline,
-                timeout: timeout.unwrap_or_default(),
-                thread: me,
-            },
-        );
-        if deadline.is_some() && !st.timer {
-            st.timer = true;
-            let for_timer = Arc::clone(shared);
-            if std::thread::Builder::new()
-                .name("herd-pool-timer".to_owned())
-                .spawn(move || timer(&for_timer))
-                .is_err()
-            {
-                st.timer = false;
-            }
-        }
-        release(st);
-        if deadline.is_some() {
-            shared.timer.notify_all();
-        }
+        let Taken {
+            id, items, work, ..
+        } = taken;
         shared.cfg.events.emit(|| TaskEvent::Started {
             id,
             worker_pid: shared.pid,
@@ -251,9 +286,24 @@ fn worker(shared: &Arc<Shared>, me: u64) {
             // Replace this thread (fresh thread-locals) and leave.
             start_thread(shared, &mut st);
         }
+        let mut timed = false;
+        if !abandoned
+            && !retire
+            && !st.terminated
+            && st.broken.is_none()
+            && let Some(job) = st.queue.pop_front()
+        {
+            shared.queued.store(st.queue.len(), Ordering::Release);
+            let taken = take(shared, &mut st, job, me);
+            timed = taken.timed;
+            next = Some(taken);
+        }
         // std's notify makes a system call even with nobody waiting.
         let joiners = st.joiners > 0;
         release(st);
+        if timed {
+            shared.timer.notify_all();
+        }
         if let Some(r) = running {
             shared.cfg.events.finished(id, shared.pid, &result);
             (r.done)(result);
