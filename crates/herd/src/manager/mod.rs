@@ -57,7 +57,9 @@
 //!   delivery), AckProgress the heartbeat; past the delivery cap
 //!   ([`ClientBuilder::max_deliveries`]) a message is copied to `<name>.dead`
 //!   and terminated; puts carry a `Nats-Msg-Id` (JetStream drops a retried
-//!   one); results live in the KV bucket `herd_results`. One conformance
+//!   one); results live in the KV bucket `herd_results`. A wait
+//!   for the first item is at least 100 ms there (a shorter pull expiry
+//!   stalls nats-server 2.9). One conformance
 //!   suite runs against both backends.
 
 mod nats;
