@@ -520,7 +520,9 @@ impl WorkerCtx {
         Ok(())
     }
 
-    fn gave_up(&self, job: &JobMsg, deliveries: u32) -> ResultMsg {
+    /// A result for `job` from this worker, starting now, with nothing
+    /// run yet.
+    fn blank_result(&self, job: &JobMsg) -> ResultMsg {
         ResultMsg {
             seq: job.seq,
             attempt: job.attempt,
@@ -529,15 +531,23 @@ impl WorkerCtx {
             timeout_ms: job.timeout_ms,
             start_ms: now_ms(),
             runtime_us: 0,
-            exitval: 255,
+            exitval: 0,
             signal: 0,
             stdout: ByteBuf::new(),
             stderr: ByteBuf::new(),
+            note: None,
+            cancelled: false,
+        }
+    }
+
+    fn gave_up(&self, job: &JobMsg, deliveries: u32) -> ResultMsg {
+        ResultMsg {
+            exitval: 255,
             note: Some(format!(
                 "job {} was delivered {deliveries} times and its worker stopped each time; not run again",
                 job.seq
             )),
-            cancelled: false,
+            ..self.blank_result(job)
         }
     }
 
@@ -555,21 +565,7 @@ impl WorkerCtx {
         pool: &mut FilePool,
     ) -> Result<Option<ResultMsg>, CliError> {
         let job = &d.value;
-        let mut result = ResultMsg {
-            seq: job.seq,
-            attempt: job.attempt,
-            host: self.host.clone(),
-            command: job.command.clone(),
-            timeout_ms: job.timeout_ms,
-            start_ms: now_ms(),
-            runtime_us: 0,
-            exitval: 0,
-            signal: 0,
-            stdout: ByteBuf::new(),
-            stderr: ByteBuf::new(),
-            note: None,
-            cancelled: false,
-        };
+        let mut result = self.blank_result(job);
         if self.halted(&job.batch)?.is_some() {
             result.cancelled = true;
             return Ok(Some(result));

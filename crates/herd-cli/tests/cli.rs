@@ -8,6 +8,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+mod review;
+
 const GUARD: Duration = Duration::from_secs(60);
 
 fn herd() -> Command {

@@ -1,52 +1,17 @@
-//! Regression tests from a review of `herd run`: each one failed (or hung)
+//! Regression tests from a review of `herd run` (a module of the `cli`
+//! test binary, sharing its helpers): each one failed (or hung)
 //! before its fix. Every wait has a deadline; nothing sleeps to
 //! synchronize (the jobs' own `sleep`s are the work being run, or a job
 //! waiting for an event it polls for).
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
-use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
+
+use super::{GUARD, code, herd, run, stdout, tmpdir};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal, kill_process};
-
-const GUARD: Duration = Duration::from_secs(60);
-
-fn herd() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_herd"));
-    c.env_remove("HERD_KEY");
-    c
-}
-
-/// Runs to completion (killed at [`GUARD`]) with `stdin` fed in.
-fn run(cmd: &mut Command, stdin: &[u8]) -> Output {
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("herd starts");
-    let mut input = child.stdin.take().unwrap();
-    let data = stdin.to_vec();
-    std::thread::spawn(move || {
-        let _ = input.write_all(&data);
-    });
-    wait_output(child, GUARD)
-}
-
-fn wait_output(child: Child, limit: Duration) -> Output {
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(out) => out.expect("wait"),
-        Err(_) => {
-            kill(pid, Signal::KILL);
-            panic!("herd did not finish within {limit:?}");
-        }
-    }
-}
 
 /// Waits for a child whose pipes the test handles itself.
 fn wait_status(mut child: Child, limit: Duration) -> ExitStatus {
@@ -88,22 +53,6 @@ fn line_reader(out: ChildStdout) -> mpsc::Receiver<String> {
         }
     });
     rx
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("review-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 /// Whether process `pid` is gone (or a zombie).
