@@ -60,7 +60,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::report::{Record, emit, median, note};
+use crate::report::{median, note};
 
 const SUITE: &str = "cli";
 const JOBS: &str = "2";
@@ -316,14 +316,7 @@ fn run_once(
 }
 
 fn record(case: &str, implementation: &str, metric: &str, value: f64, unit: &str) {
-    emit(&Record {
-        suite: SUITE,
-        case,
-        implementation,
-        metric,
-        value,
-        unit,
-    });
+    crate::report::record(SUITE, case, implementation, metric, value, unit);
 }
 
 fn ratio(case: &str, what: &str, value: f64) {

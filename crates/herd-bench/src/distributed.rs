@@ -16,20 +16,13 @@ use std::time::{Duration, Instant};
 
 use herd::manager::{self, Manager};
 
-use crate::report::{Record, emit, note, run_python};
+use crate::report::{note, run_python};
 
 const SUITE: &str = "distributed";
 const KEY: &[u8] = b"herd-bench distributed key 8f3a";
 
 fn record(case: &str, implementation: &str, metric: &str, value: f64, unit: &str) {
-    emit(&Record {
-        suite: SUITE,
-        case,
-        implementation,
-        metric,
-        value,
-        unit,
-    });
+    crate::report::record(SUITE, case, implementation, metric, value, unit);
 }
 
 /// A worker process: batches of tasks in, batches of results out.

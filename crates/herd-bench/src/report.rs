@@ -15,6 +15,25 @@ pub(crate) struct Record<'a> {
 }
 
 /// Prints `record` as one JSON line on stdout.
+/// Emits one line of `suite`.
+pub(crate) fn record(
+    suite: &str,
+    case: &str,
+    implementation: &str,
+    metric: &str,
+    value: f64,
+    unit: &str,
+) {
+    emit(&Record {
+        suite,
+        case,
+        implementation,
+        metric,
+        value,
+        unit,
+    });
+}
+
 pub(crate) fn emit(record: &Record<'_>) {
     match serde_json::to_string(record) {
         Ok(line) => line_out(&line),

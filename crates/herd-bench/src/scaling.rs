@@ -11,7 +11,7 @@
 
 use std::time::Instant;
 
-use crate::report::{Record, emit, note, run_python};
+use crate::report::{note, run_python};
 
 const SUITE: &str = "scaling";
 
@@ -29,14 +29,7 @@ fn burn(iters: u64) -> u64 {
 }
 
 fn record(case: &str, implementation: &str, metric: &str, value: f64, unit: &str) {
-    emit(&Record {
-        suite: SUITE,
-        case,
-        implementation,
-        metric,
-        value,
-        unit,
-    });
+    crate::report::record(SUITE, case, implementation, metric, value, unit);
 }
 
 fn threads(w: usize, iters: u64) -> f64 {
