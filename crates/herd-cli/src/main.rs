@@ -49,8 +49,9 @@ enum Command {
     /// ({1.} {2/} ... too). Without any, the input is appended.
     ///
     /// Exit status: 0 when every job succeeded; else the number of failed
-    /// jobs, at most 100; 101 when more than 100 failed; 255 for herd's
-    /// own errors (GNU parallel's convention).
+    /// jobs, at most 100; 101 when more than 100 failed; with `--halt`,
+    /// the status GNU parallel gives (the halting job's, or the share that
+    /// failed); 255 for herd's own errors.
     Run(RunArgs),
     /// Serve a manager: named queues and results for submitters and
     /// workers on other machines.
@@ -119,8 +120,8 @@ pub(crate) struct JobArgs {
     #[arg(long = "dry-run")]
     pub(crate) dry_run: bool,
     /// The command and its inputs: `CMD [ARGS] [::: INPUTS] [:::: FILES]`.
-    /// (Not `String`: an input or file name after `:::` need not be
-    /// UTF-8.)
+    // `OsString`, not `String`: an input or file name after `:::` need not
+    // be UTF-8.
     #[arg(trailing_var_arg = true, value_name = "COMMAND")]
     pub(crate) command: Vec<std::ffi::OsString>,
 }

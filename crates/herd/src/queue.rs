@@ -498,6 +498,13 @@ impl<T> Queue<T> {
 
 impl<T: Serialize> Queue<T> {
     /// Puts `value`, waiting while the queue is full.
+    ///
+    /// The value is serialized twice: once to size it, then straight into
+    /// the queue's shared memory while holding the queue's lock (one copy
+    /// of its bytes, no allocation). A `Serialize` implementation should
+    /// therefore be plain: one that blocks, or puts to this same queue,
+    /// would hold every producer and consumer of the queue waiting. One
+    /// that panics leaves the queue unchanged and unlocked.
     pub fn put(&self, value: T) -> Result<(), PutError<T>> {
         self.put_until(value, None, true)
     }

@@ -278,6 +278,143 @@ fn thread_maps_end_on_close_and_terminate() -> Result<(), Failed> {
     Ok(())
 }
 
+/// Item 0 of `gated_map_item` waits here until the test opens the gate.
+static GATE: (std::sync::Mutex<(bool, bool)>, std::sync::Condvar) = (
+    std::sync::Mutex::new((false, false)),
+    std::sync::Condvar::new(),
+);
+
+/// Heap values, so that a result slot read or freed too early shows.
+fn gated_map_item(n: u64) -> String {
+    if n == 0 {
+        let (m, cv) = &GATE;
+        let mut g = m.lock().unwrap();
+        g.0 = true;
+        cv.notify_all();
+        let deadline = Instant::now() + GUARD;
+        while !g.1 && Instant::now() < deadline {
+            g = cv.wait_timeout(g, GUARD).unwrap().0;
+        }
+    }
+    format!("item {n} {}", "x".repeat(64))
+}
+
+/// A thread pool terminated while its map's job is running: the map ends
+/// with `Terminated` at once, and the running job (abandoned, still
+/// writing results) neither hands out unwritten values nor writes into a
+/// buffer already handed over or freed.
+fn thread_map_terminated_while_running() -> Result<(), Failed> {
+    let p = pool(Backend::Threads, 1);
+    let m = p.map_async_chunked(gated_map_item, 0..64u64, 64);
+    {
+        let (lock, cv) = &GATE;
+        let mut g = lock.lock().unwrap();
+        let deadline = Instant::now() + GUARD;
+        while !g.0 && Instant::now() < deadline {
+            g = cv.wait_timeout(g, GUARD).unwrap().0;
+        }
+        check(g.0, "item 0 started")?;
+    }
+    p.terminate();
+    check(m.wait_timeout(GUARD), "the map ends at terminate")?;
+    let got = m.get();
+    // Let the abandoned job go on: it must not touch what the map handed out.
+    {
+        let (lock, cv) = &GATE;
+        lock.lock().unwrap().1 = true;
+        cv.notify_all();
+    }
+    check(
+        got == Err(TaskError::Terminated),
+        format!("terminated, got {:?}", got.as_ref().map(Vec::len)),
+    )?;
+    // The abandoned job runs its chunk to the end; a second map on a fresh
+    // pool proves the process is still sound.
+    let q = pool(Backend::Threads, 2);
+    check(
+        q.map(gated_map_item, 1..4u64).map(|v| v.len()) == Ok(3),
+        "a later map works",
+    )?;
+    Ok(())
+}
+
+/// The thread that ran `first_then_wait`, and whether `record_run` ran.
+static FIRST_TID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+static RAN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static GATE2: (std::sync::Mutex<bool>, std::sync::Condvar) =
+    (std::sync::Mutex::new(false), std::sync::Condvar::new());
+
+fn first_then_wait(x: u64) -> u64 {
+    // SAFETY: gettid has no preconditions.
+    FIRST_TID.store(unsafe { libc::gettid() }, Ordering::SeqCst);
+    let (m, cv) = &GATE2;
+    let mut open = m.lock().unwrap();
+    let deadline = Instant::now() + GUARD;
+    while !*open && Instant::now() < deadline {
+        open = cv.wait_timeout(open, GUARD).unwrap().0;
+    }
+    x
+}
+
+fn record_run(x: u32) -> u32 {
+    RAN.store(true, Ordering::SeqCst);
+    x
+}
+
+/// Terminates its pool when woken.
+struct TerminateOnWake(Arc<Pool>);
+
+impl Wake for TerminateOnWake {
+    fn wake(self: Arc<Self>) {
+        self.0.terminate();
+    }
+}
+
+/// A job a thread took while finishing the one before, and that the pool
+/// terminated before the thread got to it, is not run: it was reported
+/// `Terminated`, so its side effects must not happen.
+fn thread_job_taken_then_terminated_does_not_run() -> Result<(), Failed> {
+    // Events on: the map goes through chunk jobs, whose completion fills
+    // the result (and wakes its waker) after the next job was taken.
+    let p = Arc::new(
+        Pool::builder()
+            .backend(Backend::Threads)
+            .size(1)
+            .events(true)
+            .build()?,
+    );
+    let mut first = pin!(p.map_async(first_then_wait, [7u64]));
+    check(
+        eventually(|| FIRST_TID.load(Ordering::SeqCst) != 0),
+        "the first job started",
+    )?;
+    let tid = FIRST_TID.load(Ordering::SeqCst);
+    let second = p.apply_async(record_run, (1u32,));
+    let waker = Waker::from(Arc::new(TerminateOnWake(Arc::clone(&p))));
+    check(
+        first
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending(),
+        "the first job is still running",
+    )?;
+    {
+        let (m, cv) = &GATE2;
+        *m.lock().unwrap() = true;
+        cv.notify_all();
+    }
+    // The worker thread exits once it is done with whatever it runs.
+    check(
+        eventually(|| !std::path::Path::new(&format!("/proc/self/task/{tid}")).exists()),
+        "the worker thread exits",
+    )?;
+    check(
+        second.get() == Err(TaskError::Terminated),
+        "the second job was terminated",
+    )?;
+    check(!RAN.load(Ordering::SeqCst), "and did not run")
+}
+
 fn chunking_is_correct() -> Result<(), Failed> {
     each_backend(|b| {
         let p = pool(b, 2);
@@ -943,6 +1080,14 @@ fn main() {
             the_api_works_on_both_backends,
         ),
         Trial::test("chunking_is_correct", chunking_is_correct),
+        Trial::test(
+            "thread_job_taken_then_terminated_does_not_run",
+            thread_job_taken_then_terminated_does_not_run,
+        ),
+        Trial::test(
+            "thread_map_terminated_while_running",
+            thread_map_terminated_while_running,
+        ),
         Trial::test(
             "thread_maps_end_on_close_and_terminate",
             thread_maps_end_on_close_and_terminate,

@@ -40,12 +40,12 @@ fn unhex(s: &str) -> Option<String> {
 /// The stream behind the results bucket.
 const RESULTS_STREAM: &str = "KV_herd_results";
 
-/// JetStream's "nothing to give" statuses (404 No Messages, 408 Request
-/// Timeout) end a fetch; this client version reports them as errors.
 /// The shortest expiry herd gives a pull request (see `get_many`): a
 /// wait for the first message shorter than this waits this long.
 const PULL_MIN_EXPIRY: Duration = Duration::from_millis(100);
 
+/// JetStream's "nothing to give" statuses (404 No Messages, 408 Request
+/// Timeout) end a fetch; this client version reports them as errors.
 fn nothing_there(e: &str) -> bool {
     e.contains("No Messages") || e.contains("404") || e.contains("408") || e.contains("Timeout")
 }

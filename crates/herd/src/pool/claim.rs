@@ -17,11 +17,21 @@
 //! has finished, the indices below `min(next, len)` are exactly those
 //! whose input was taken, and each of them holds a value unless it is in
 //! `errors`.
+//!
+//! "Finished" means the job's work has stopped touching the buffers, which
+//! is not when the pool calls its completion: `terminate` completes a
+//! running job (with `Terminated`) while its thread, abandoned, still runs
+//! it, and a job the pool completed first may still be started by its
+//! thread. Each job therefore has a [`JobState`]: whichever of its work and
+//! its completion comes last counts it as finished, and work that starts
+//! after its completion does nothing. A failed completion also stops every
+//! job from claiming more.
 
 use std::cell::UnsafeCell;
+use std::marker::PhantomData;
 use std::mem::{ManuallyDrop, MaybeUninit};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use super::result::TaskError;
@@ -49,9 +59,10 @@ impl<T> Buffer<T> {
     }
 }
 
-/// One `map` in progress.
+/// One `map` in progress. The function is not kept here: each job has
+/// its own copy (`F` is `Send`, not necessarily `Sync`).
 pub(crate) struct Claim<F, A, R> {
-    f: F,
+    f: PhantomData<fn(F)>,
     len: usize,
     /// The inputs; index `i` is moved out by the job that claimed it.
     inputs: Buffer<A>,
@@ -60,6 +71,8 @@ pub(crate) struct Claim<F, A, R> {
     /// The next index to claim (it runs past the end as jobs find none).
     next: AtomicUsize,
     chunk: usize,
+    /// A job failed (the pool terminated, say): claim nothing more.
+    stop: AtomicBool,
     /// Jobs not finished (run, or failed to run).
     left: AtomicUsize,
     /// Items that failed, by index (their output cell stays empty).
@@ -75,26 +88,50 @@ pub(crate) struct Claim<F, A, R> {
 // whose atomic add handed it that index, and all cells (and `settled`) by
 // the last job to finish, after every other job's decrement of `left`
 // (`AcqRel`, which orders their writes before its reads), or by `Drop`,
-// which has `&mut`. Values cross threads, hence `A: Send`, `R: Send`; `f`
-// is `Copy + Send` and only called.
-unsafe impl<F: Send, A: Send, R: Send> Sync for Claim<F, A, R> {}
+// which has `&mut`. A job counts as finished only once its work has ended
+// or can no longer start (`JobState`). Values cross threads, hence
+// `A: Send`, `R: Send`; no `F` is stored.
+unsafe impl<F, A: Send, R: Send> Sync for Claim<F, A, R> {}
 // SAFETY: as above; the raw buffers are owned like a `Vec`'s.
-unsafe impl<F: Send, A: Send, R: Send> Send for Claim<F, A, R> {}
+unsafe impl<F, A: Send, R: Send> Send for Claim<F, A, R> {}
+
+/// Where one job is: its work and its completion may come in either order
+/// (and on different threads); the one that comes last finishes the job.
+pub(crate) struct JobState(AtomicU8);
+
+/// Neither the work nor the completion came yet.
+const IDLE: u8 = 0;
+/// The work is running.
+const RUNNING: u8 = 1;
+/// The work ran to its end.
+const ENDED: u8 = 2;
+/// The completion came.
+const COMPLETED: u8 = 3;
+
+impl JobState {
+    pub(crate) fn new() -> Self {
+        Self(AtomicU8::new(IDLE))
+    }
+}
 
 impl<F, A, R> Claim<F, A, R>
 where
     F: TaskFn<A, Output = R>,
 {
     /// `items` shared by `jobs` jobs taking `chunk` at a time.
-    pub(crate) fn new(f: F, items: Vec<A>, chunk: usize, jobs: usize) -> Self {
+    pub(crate) fn new(items: Vec<A>, chunk: usize, jobs: usize) -> Self {
         let len = items.len();
         Self {
-            f,
+            f: PhantomData,
             len,
             inputs: Buffer::from_vec(items),
             outputs: Buffer::with_capacity(len),
             next: AtomicUsize::new(0),
-            chunk: chunk.max(1),
+            // At most `len`: `next` then stays far from overflowing (each
+            // job adds at most one chunk past the end), so a claimed index
+            // is never handed out twice.
+            chunk: chunk.clamp(1, len.max(1)),
+            stop: AtomicBool::new(false),
             left: AtomicUsize::new(jobs),
             errors: Mutex::new(Vec::new()),
             failure: Mutex::new(None),
@@ -102,15 +139,67 @@ where
         }
     }
 
-    /// One job's work: claim and run chunks until none are left.
-    pub(crate) fn run(&self) {
+    /// One job's work (`job` is its state): claim and run chunks until
+    /// none are left, unless its completion came first. Returns every
+    /// result if this finished the last job.
+    pub(crate) fn run_job(&self, f: F, job: &JobState) -> Option<Result<Vec<R>, TaskError>> {
+        if job
+            .0
+            .compare_exchange(IDLE, RUNNING, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            // Completed (failed) before it started: the completion counted
+            // it, and the buffers may already be gone.
+            return None;
+        }
+        self.run(f);
+        if job
+            .0
+            .compare_exchange(RUNNING, ENDED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            return None;
+        }
+        // The completion came while this ran (the pool terminated): it
+        // left the finishing to the work.
+        self.finish()
+    }
+
+    /// One job's completion (`failure`: it failed, or could not run).
+    /// Returns every result if this finished the last job.
+    pub(crate) fn complete_job(
+        &self,
+        job: &JobState,
+        failure: Option<TaskError>,
+    ) -> Option<Result<Vec<R>, TaskError>> {
+        if let Some(e) = failure {
+            // Before the job can count as finished, so the last finisher
+            // sees it.
+            self.failure
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get_or_insert(e);
+            self.stop.store(true, Ordering::Relaxed);
+        }
+        match job.0.swap(COMPLETED, Ordering::AcqRel) {
+            // Still running: the work finishes the job when it ends.
+            RUNNING => None,
+            _ => self.finish(),
+        }
+    }
+
+    /// Claims and runs chunks until none are left (or a job failed).
+    fn run(&self, f: F) {
         loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
             let start = self.next.fetch_add(self.chunk, Ordering::Relaxed);
             if start >= self.len {
                 return;
             }
             let end = (start + self.chunk).min(self.len);
-            let (inputs, outputs, f) = (self.inputs.ptr, self.outputs.ptr, self.f);
+            let (inputs, outputs) = (self.inputs.ptr, self.outputs.ptr);
             let mut i = start;
             // One unwinding guard per stretch of items, not per item: the
             // loop inside is a plain loop the compiler can optimise. After
@@ -140,15 +229,10 @@ where
         }
     }
 
-    /// A job is done (`failure`: it could not run). The last one returns
-    /// every result in order, or the first error by position.
-    pub(crate) fn finish(&self, failure: Option<TaskError>) -> Option<Result<Vec<R>, TaskError>> {
-        if let Some(e) = failure {
-            self.failure
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get_or_insert(e);
-        }
+    /// A job is done: its work ended or will never start. The last one
+    /// returns every result in order, or the error: a job's failure (the
+    /// pool terminated, say), else the first item's by position.
+    fn finish(&self) -> Option<Result<Vec<R>, TaskError>> {
         if self.left.fetch_sub(1, Ordering::AcqRel) != 1 {
             return None;
         }
@@ -156,9 +240,14 @@ where
         let taken = self.next.load(Ordering::Relaxed).min(self.len);
         let mut errors =
             std::mem::take(&mut *self.errors.lock().unwrap_or_else(PoisonError::into_inner));
+        let failure = self
+            .failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         // SAFETY: only the last finisher gets here, once.
         unsafe { *self.settled.get() = true };
-        if taken == self.len && errors.is_empty() {
+        if taken == self.len && errors.is_empty() && failure.is_none() {
             // SAFETY: all `len` values were written (every index below
             // `taken` holds one, no error); the buffer came from a
             // `Vec<R>` with capacity `outputs.cap`; `settled` keeps `Drop`
@@ -171,17 +260,10 @@ where
         errors.sort_unstable_by_key(|(i, _)| *i);
         // SAFETY: as above, this thread is alone with the buffer.
         unsafe { drop_values(&self.outputs, taken, &errors) };
-        let first = match errors.into_iter().next() {
-            Some((_, e)) => e,
-            // No item failed: some were never claimed, because every job
-            // that could have run them failed to start.
-            None => self
-                .failure
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone()
-                .unwrap_or(TaskError::Terminated),
-        };
+        // Items go unclaimed only after a job failed, which set `failure`.
+        let first = failure
+            .or_else(|| errors.into_iter().next().map(|(_, e)| e))
+            .unwrap_or(TaskError::Terminated);
         Some(Err(first))
     }
 }
@@ -260,7 +342,11 @@ mod tests {
         }
     }
 
+    /// Calls of `double`.
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+
     fn double(t: Tracked) -> Tracked {
+        CALLS.fetch_add(1, Ordering::SeqCst);
         assert!(t.0 != 13, "13 is cursed");
         Tracked::new(t.0 * 2)
     }
@@ -269,18 +355,29 @@ mod tests {
         (0..n).map(|i| (Tracked::new(i),)).collect()
     }
 
+    type C = Claim<fn(Tracked) -> Tracked, (Tracked,), Tracked>;
+    const F: fn(Tracked) -> Tracked = double;
+
+    /// Runs a job to its end, then completes it.
+    fn job(c: &C, failure: Option<TaskError>) -> Option<Result<Vec<Tracked>, TaskError>> {
+        let s = JobState::new();
+        assert!(c.run_job(F, &s).is_none());
+        c.complete_job(&s, failure)
+    }
+
     // One test, so the live count is not shared between tests running at
     // once.
     #[test]
     fn every_value_is_dropped_exactly_once() {
         // All succeed, two jobs sharing chunks of 3.
-        let c = Claim::new(double, inputs(13), 3, 2);
+        let c = C::new(inputs(13), 3, 2);
+        let (s1, s2) = (JobState::new(), JobState::new());
         std::thread::scope(|s| {
-            s.spawn(|| c.run());
-            s.spawn(|| c.run());
+            s.spawn(|| assert!(c.run_job(F, &s1).is_none()));
+            s.spawn(|| assert!(c.run_job(F, &s2).is_none()));
         });
-        assert!(c.finish(None).is_none());
-        let got = c.finish(None).unwrap().unwrap();
+        assert!(c.complete_job(&s1, None).is_none());
+        let got = c.complete_job(&s2, None).unwrap().unwrap();
         assert_eq!(
             got.iter().map(|t| t.0).collect::<Vec<_>>(),
             (0..13).map(|i| i * 2).collect::<Vec<_>>()
@@ -291,27 +388,58 @@ mod tests {
         assert_eq!(LIVE.load(Ordering::SeqCst), 0);
 
         // Item 13 panics: the error by position, every other value dropped.
-        let c = Claim::new(double, inputs(20), 1, 1);
-        c.run();
-        let err = c.finish(None).unwrap().unwrap_err();
+        let c = C::new(inputs(20), 1, 1);
+        let err = job(&c, None).unwrap().unwrap_err();
         assert!(matches!(err, TaskError::Panicked(r) if r.message.contains("cursed")));
         drop(c);
         assert_eq!(LIVE.load(Ordering::SeqCst), 0);
 
         // The job never ran (the pool terminated): inputs dropped, the
         // pool's reason reported.
-        let c = Claim::new(double, inputs(5), 2, 1);
+        let c = C::new(inputs(5), 2, 1);
+        let s = JobState::new();
         assert_eq!(
-            c.finish(Some(TaskError::Terminated)).unwrap().unwrap_err(),
+            c.complete_job(&s, Some(TaskError::Terminated))
+                .unwrap()
+                .unwrap_err(),
             TaskError::Terminated
         );
+        // Its thread starts it anyway: it touches nothing.
+        assert!(c.run_job(F, &s).is_none());
+        drop(c);
+        assert_eq!(LIVE.load(Ordering::SeqCst), 0);
+
+        // Terminated while running: the completion comes first and leaves
+        // the finishing to the work, which claims nothing more after the
+        // chunk it is in.
+        let c = C::new(inputs(10), 3, 2);
+        let (s1, s2) = (JobState::new(), JobState::new());
+        s1.0.store(RUNNING, Ordering::SeqCst); // as if `run_job` had begun
+        assert!(c.complete_job(&s1, Some(TaskError::Terminated)).is_none());
+        assert!(c.complete_job(&s2, Some(TaskError::Terminated)).is_none());
+        c.run(F);
+        assert_eq!(c.next.load(Ordering::SeqCst), 0, "stopped: nothing claimed");
+        // What `run_job` does when its exchange to `ENDED` fails.
+        assert_eq!(c.finish().unwrap().unwrap_err(), TaskError::Terminated);
+        drop(c);
+        assert_eq!(LIVE.load(Ordering::SeqCst), 0);
+
+        // A chunk far larger than the input: no index is handed out twice
+        // when `next` would wrap.
+        let calls = CALLS.load(Ordering::SeqCst);
+        let c = C::new(inputs(3), usize::MAX / 2 + 1, 3);
+        let got: Vec<_> = (0..3).filter_map(|_| job(&c, None)).collect();
+        assert_eq!(got.len(), 1);
+        assert_eq!(CALLS.load(Ordering::SeqCst) - calls, 3, "each item once");
+        drop(got);
         drop(c);
         assert_eq!(LIVE.load(Ordering::SeqCst), 0);
 
         // Dropped without a finish (a lost job): values written so far and
         // unclaimed inputs are both dropped.
-        let c = Claim::new(double, inputs(6), 2, 2);
-        c.run();
+        let c = C::new(inputs(6), 2, 2);
+        let s = JobState::new();
+        assert!(c.run_job(F, &s).is_none());
         drop(c);
         assert_eq!(LIVE.load(Ordering::SeqCst), 0);
     }

@@ -1023,25 +1023,35 @@ impl Pool {
             return AsyncResult::new(slot, id);
         }
         let workers = self.size.min(n.div_ceil(chunk));
-        let claim = Arc::new(claim::Claim::new(f, items, chunk, workers));
+        let claim = Arc::new(claim::Claim::<F, A, F::Output>::new(items, chunk, workers));
         for i in 0..workers {
-            let run = Arc::clone(&claim);
-            let done = Arc::clone(&claim);
-            let slot = Arc::clone(&slot);
+            // The work and the completion may come in either order: a
+            // terminated pool completes a job its thread still runs.
+            let state = Arc::new(claim::JobState::new());
+            let (run, run_state, run_slot) =
+                (Arc::clone(&claim), Arc::clone(&state), Arc::clone(&slot));
+            let (done, slot) = (Arc::clone(&claim), Arc::clone(&slot));
             self.submit(Job {
                 id: if i == 0 { id } else { self.next_id() },
                 items: 0,
                 work: Work::Local(Box::new(move || {
-                    run.run();
+                    if let Some(all) = run.run_job(f, &run_state) {
+                        run_slot.fill(all);
+                    }
                     (Box::new(()), 0)
                 })),
                 timeout: None,
                 done: Box::new(move |result| {
                     let failure = match result {
-                        JobResult::Failed(e) => Some(e),
+                        JobResult::Failed(e) => {
+                            // The map fails now, not when an abandoned
+                            // job's thread gets round to ending it.
+                            slot.fill(Err(e.clone()));
+                            Some(e)
+                        }
                         _ => None,
                     };
-                    if let Some(all) = done.finish(failure) {
+                    if let Some(all) = done.complete_job(&state, failure) {
                         slot.fill(all);
                     }
                 }),

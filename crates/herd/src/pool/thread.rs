@@ -89,6 +89,8 @@ struct Shared {
     queued: AtomicUsize,
     /// Closed, terminated or broken: idle threads must look.
     stop: AtomicBool,
+    /// Terminated: a job taken ahead may have been failed meanwhile.
+    terminated: AtomicBool,
 }
 
 impl Shared {
@@ -215,6 +217,26 @@ fn worker(shared: &Arc<Shared>, me: u64) {
     let mut next: Option<Taken> = None;
     loop {
         let taken = match next.take() {
+            // Taken ahead, while the last job was finishing: since then
+            // the pool may have terminated, or the timer may have timed it
+            // out, failing it and abandoning this thread. Then it must not
+            // run (it was reported failed; no side effects after that).
+            Some(t) if t.timed || shared.terminated.load(Ordering::Acquire) => {
+                let mut st = shared.lock();
+                if st.running.contains_key(&t.id) {
+                    release(st);
+                    t
+                } else {
+                    st.abandoned.remove(&me);
+                    let joiners = st.joiners > 0;
+                    release(st);
+                    drop(t);
+                    if joiners {
+                        shared.changed.notify_all();
+                    }
+                    return;
+                }
+            }
             Some(t) => t,
             None => {
                 // Work usually arrives within microseconds of the last job:
@@ -401,6 +423,7 @@ impl Engine {
             pid: std::process::id(),
             queued: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
+            terminated: AtomicBool::new(false),
         });
         {
             let mut st = shared.lock();
@@ -491,6 +514,7 @@ impl Engine {
         st.terminated = true;
         st.closed = true;
         shared.stop.store(true, Ordering::Release);
+        shared.terminated.store(true, Ordering::Release);
         fail_queue(shared, &mut st, |_| TaskError::Terminated);
         let running: Vec<(u64, Running)> = st.running.drain().collect();
         for (_, r) in &running {

@@ -54,6 +54,9 @@ fn value_len(b: &[u8], pos: usize, depth: u32) -> Option<usize> {
     let m = *b.get(pos)?;
     let p = pos + 1;
     let skip = |n: usize| p.checked_add(n).filter(|&end| end <= b.len());
+    // A header of `head` bytes, then `len` more (checked: on a 32-bit
+    // target a 32-bit length plus its header can overflow `usize`).
+    let skip_len = |head: usize, len: usize| skip(head.checked_add(len)?);
     let items = |first: usize, count: usize, per: usize| -> Option<usize> {
         let mut at = first;
         for _ in 0..count.checked_mul(per)? {
@@ -66,12 +69,12 @@ fn value_len(b: &[u8], pos: usize, depth: u32) -> Option<usize> {
         0x80..=0x8f => items(p, usize::from(m & 0x0f), 2),
         0x90..=0x9f => items(p, usize::from(m & 0x0f), 1),
         0xa0..=0xbf => skip(usize::from(m & 0x1f)),
-        0xc4 | 0xd9 => skip(1 + be(p, 1)?),
-        0xc5 | 0xda => skip(2 + be(p, 2)?),
-        0xc6 | 0xdb => skip(4 + be(p, 4)?),
-        0xc7 => skip(2 + be(p, 1)?),
-        0xc8 => skip(3 + be(p, 2)?),
-        0xc9 => skip(5 + be(p, 4)?),
+        0xc4 | 0xd9 => skip_len(1, be(p, 1)?),
+        0xc5 | 0xda => skip_len(2, be(p, 2)?),
+        0xc6 | 0xdb => skip_len(4, be(p, 4)?),
+        0xc7 => skip_len(2, be(p, 1)?),
+        0xc8 => skip_len(3, be(p, 2)?),
+        0xc9 => skip_len(5, be(p, 4)?),
         0xca => skip(4),
         0xcb => skip(8),
         0xcc | 0xd0 => skip(1),
@@ -83,10 +86,10 @@ fn value_len(b: &[u8], pos: usize, depth: u32) -> Option<usize> {
         0xd6 => skip(5),
         0xd7 => skip(9),
         0xd8 => skip(17),
-        0xdc => items(p + 2, be(p, 2)?, 1),
-        0xdd => items(p + 4, be(p, 4)?, 1),
-        0xde => items(p + 2, be(p, 2)?, 2),
-        0xdf => items(p + 4, be(p, 4)?, 2),
+        0xdc => items(p.checked_add(2)?, be(p, 2)?, 1),
+        0xdd => items(p.checked_add(4)?, be(p, 4)?, 1),
+        0xde => items(p.checked_add(2)?, be(p, 2)?, 2),
+        0xdf => items(p.checked_add(4)?, be(p, 4)?, 2),
         // 0xc1: never used.
         _ => None,
     }
