@@ -372,7 +372,7 @@ fn s7_terminate_blocked_reader() -> Result<(), Failed> {
 /// and in order, round after round, the queue never empty in between.
 fn frames_across_the_ring_end_decode_intact() -> Result<(), Failed> {
     let q: Queue<Vec<u8>> = Queue::builder().capacity_bytes(4096).build()?;
-    let item = |i: u32| -> Vec<u8> { (0..(300 + i % 97)).map(|k| (k as u32 ^ i) as u8).collect() };
+    let item = |i: u32| -> Vec<u8> { (0..(300 + i % 97)).map(|k| (k ^ i) as u8).collect() };
     let (mut put, mut got) = (0u32, 0u32);
     // Keep a few items in flight so head and tail go all the way round.
     while got < 400 {
