@@ -441,6 +441,11 @@ impl Books {
         self.pool.take()
     }
 
+    /// Returns unused output files.
+    pub(crate) fn pool_back(&mut self, pair: FilePair) {
+        self.pool.give_back(pair);
+    }
+
     /// A job the joblog says not to run again.
     pub(crate) fn skip(&mut self, seq: u64) {
         if self.keep_order {
@@ -1352,13 +1357,6 @@ impl Running {
 /// Sends `sig` to a job's process group (the job leads it).
 fn signal_group(child: &Child, sig: Signal) {
     let _ = rustix::process::kill_process_group(Pid::from_child(child), sig);
-}
-
-impl Books {
-    /// Returns unused output files.
-    pub(crate) fn pool_back(&mut self, pair: FilePair) {
-        self.pool.give_back(pair);
-    }
 }
 
 #[cfg(test)]

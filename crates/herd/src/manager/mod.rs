@@ -323,41 +323,31 @@ impl ClientBuilder {
         }
         let mut id = [0u8; 8];
         id.copy_from_slice(&nonce().map_err(ManagerError::Io)?[..8]);
+        let client_id = u64::from_le_bytes(id);
         let frame_limit = self.max_frame;
-        if self.addr.starts_with("nats://") {
-            let mut id = [0u8; 8];
-            id.copy_from_slice(&nonce().map_err(ManagerError::Io)?[..8]);
-            let n = nats::Nats::connect(
+        let nats = if self.addr.starts_with("nats://") {
+            Some(Arc::new(nats::Nats::connect(
                 &self.addr,
                 &self.key,
                 self.lease,
                 self.max_deliveries,
-                u64::from_le_bytes(id),
-            )?;
-            let inner = Arc::new(Inner {
-                cfg: self,
-                conn: Mutex::new(None),
-                client_id: u64::from_le_bytes(id),
-                next_msg: AtomicU64::new(1),
-                frame_limit: std::sync::atomic::AtomicUsize::new(frame_limit),
-            });
-            return Ok(Client {
-                inner,
-                nats: Some(Arc::new(n)),
-            });
-        }
+                client_id,
+            )?))
+        } else {
+            None
+        };
         let inner = Arc::new(Inner {
             cfg: self,
             conn: Mutex::new(None),
-            client_id: u64::from_le_bytes(id),
+            client_id,
             next_msg: AtomicU64::new(1),
             frame_limit: std::sync::atomic::AtomicUsize::new(frame_limit),
         });
-        {
+        if nats.is_none() {
             let mut conn = inner.conn.lock().unwrap_or_else(PoisonError::into_inner);
             *conn = Some(inner.dial(server::deadline_after(inner.cfg.reconnect_for))?);
         }
-        Ok(Client { inner, nats: None })
+        Ok(Client { inner, nats })
     }
 }
 
