@@ -745,6 +745,14 @@ pub(crate) fn thread_exists(tid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{tid}")).exists()
 }
 
+/// Whether `tid` is a live thread of this process.
+pub(crate) fn thread_in_process(tid: u32) -> bool {
+    // SAFETY: tgkill with signal 0 only checks that the thread exists in
+    // our thread group and that we may signal it; it sends nothing.
+    let rc = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid as libc::pid_t, 0) };
+    rc == 0
+}
+
 /// The calling thread's kernel thread id.
 pub(crate) fn gettid() -> u32 {
     rustix::thread::gettid().as_raw_nonzero().get() as u32

@@ -214,6 +214,23 @@ impl RawMutex {
         }
     }
 
+    /// Takes the lock if its word is 0 (free, no dead owner, no sleeper);
+    /// `None` changes nothing, and the caller goes the full way.
+    #[inline(always)]
+    pub(crate) fn try_free(&self) -> Option<Acquired> {
+        let head = head();
+        self.announce(head);
+        if self
+            .word
+            .compare_exchange(0, tid(), Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            self.settle(head);
+            return None;
+        }
+        Some(self.won(head, 0))
+    }
+
     /// `Ok(None)`: held by another thread.
     #[inline]
     fn attempt(&self, reentrant: bool, waited: bool) -> Result<Option<Acquired>, NotAcquired> {

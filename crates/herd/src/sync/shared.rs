@@ -89,6 +89,12 @@ impl Region {
         self.seg.pin(exclusive);
     }
 
+    /// Whether this is the process's last handle on the mapping (nothing
+    /// else in the process can reach it after this one is dropped).
+    pub(crate) fn last_in_process(&self) -> bool {
+        Arc::strong_count(&self.seg) == 1
+    }
+
     /// Undoes one `pin`.
     #[inline]
     pub(crate) fn unpin(&self, exclusive: bool) {
