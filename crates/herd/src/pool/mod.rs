@@ -84,10 +84,11 @@ mod result;
 mod thread;
 
 use std::any::{Any, TypeId, type_name};
+use std::cell::UnsafeCell;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -100,7 +101,7 @@ pub use result::{AsyncResult, TaskError};
 
 use crate::task::{ItemFailure, PanicReport, TaskFn, decode, encode, find_by_type};
 use crate::{StartMethod, task};
-use result::Slot;
+use result::{HasSlot, Slot};
 
 /// Which workers a [`Pool`] runs tasks on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -226,6 +227,70 @@ pub(crate) enum Work {
     /// A closure running every item (thread backend); it returns a boxed
     /// `Vec<Result<R, TaskError>>` and how many items failed.
     Local(Box<dyn FnOnce() -> (Box<dyn Any + Send>, usize) + Send>),
+    /// One task with its arguments and result slot (thread backend's
+    /// `apply_async`): it fills its slot itself.
+    Task(Arc<dyn LocalTask>),
+}
+
+/// A thread-pool task that carries its arguments and fills its own result
+/// slot: one allocation per `apply_async`, where a boxed closure, a boxed
+/// completion and a separate slot took three (and the allocator, fed on
+/// one thread and drained on another, was a third of the cost).
+pub(crate) trait LocalTask: Send + Sync {
+    /// Runs the task (the first call only) and fills the slot; true if
+    /// it failed (panicked).
+    fn run(&self) -> bool;
+    /// Fills the slot with `error`, unless it already has an outcome.
+    fn fail(&self, error: TaskError);
+}
+
+/// The [`LocalTask`] of `f(args)`.
+struct TaskCell<F, A, R> {
+    slot: Slot<R>,
+    started: AtomicBool,
+    input: UnsafeCell<Option<(F, A)>>,
+}
+
+// SAFETY: `input` is touched only by the one `run` that wins the swap of
+// `started` (and by `Drop`, which has `&mut`); `F` and `A` are `Send`, so
+// moving them out on that thread is fine. The slot is `Sync` for `R: Send`.
+unsafe impl<F: Send, A: Send, R: Send> Sync for TaskCell<F, A, R> {}
+
+impl<F, A> LocalTask for TaskCell<F, A, F::Output>
+where
+    F: TaskFn<A>,
+    A: Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn run(&self) -> bool {
+        if self.started.swap(true, Ordering::Acquire) {
+            return false;
+        }
+        // SAFETY: the swap above made this call the only one past it.
+        let Some((f, args)) = (unsafe { (*self.input.get()).take() }) else {
+            return false;
+        };
+        let r = catch_unwind(AssertUnwindSafe(move || f.call(args)))
+            .map_err(|p| TaskError::Panicked(PanicReport::from_payload(&*p)));
+        let failed = r.is_err();
+        self.slot.fill(r);
+        failed
+    }
+
+    fn fail(&self, error: TaskError) {
+        self.slot.fill(Err(error));
+    }
+}
+
+impl<F, A, R> HasSlot<R> for TaskCell<F, A, R>
+where
+    F: Send,
+    A: Send,
+    R: Send,
+{
+    fn slot(&self) -> &Slot<R> {
+        &self.slot
+    }
 }
 
 /// How a job ended.
@@ -247,7 +312,27 @@ pub(crate) enum JobResult {
 }
 
 /// What runs when a job ends: fills the caller's slot or collector.
-pub(crate) type Completion = Box<dyn FnOnce(JobResult) + Send>;
+pub(crate) enum Completion {
+    /// A closure given the outcome.
+    Call(Box<dyn FnOnce(JobResult) + Send>),
+    /// A [`LocalTask`], which filled its slot itself if it ran: only a
+    /// failure to run is reported to it.
+    Task(Arc<dyn LocalTask>),
+}
+
+impl Completion {
+    /// Reports how the job ended.
+    pub(crate) fn call(self, result: JobResult) {
+        match self {
+            Self::Call(f) => f(result),
+            Self::Task(task) => {
+                if let JobResult::Failed(e) = result {
+                    task.fail(e);
+                }
+            }
+        }
+    }
+}
 
 /// One unit of work: a task with one item (`apply`) or a chunk (`map`).
 pub(crate) struct Job {
@@ -704,7 +789,7 @@ impl Pool {
     {
         let id = self.next_id();
         let n = items.len();
-        let completion: Completion = Box::new(move |r| {
+        let completion = Completion::Call(Box::new(move |r| {
             // Decoding runs the caller's `Deserialize`, which may panic: that
             // is this job's failure, not the pool's.
             let chunk = catch_unwind(AssertUnwindSafe(|| typed(r, n))).unwrap_or_else(|p| {
@@ -715,7 +800,7 @@ impl Pool {
                 )
             });
             done(chunk);
-        });
+        }));
         match self.work(f, items) {
             Ok(work) => self.submit(Job {
                 id,
@@ -724,7 +809,7 @@ impl Pool {
                 timeout,
                 done: completion,
             }),
-            Err(e) => completion(JobResult::Failed(e)),
+            Err(e) => completion.call(JobResult::Failed(e)),
         }
         id
     }
@@ -792,34 +877,28 @@ impl Pool {
         A: Serialize + Send + 'static,
         F::Output: DeserializeOwned + Send + 'static,
     {
-        let slot = Slot::new();
         if self.backend == Backend::Threads {
-            // The worker fills the slot itself: no one-item vector, no
-            // boxed chunk to downcast, no list of results to unpack. The
-            // completion only reports a job that did not run (closed,
-            // terminated, timed out): the slot keeps the first outcome.
+            // The task, its arguments and its slot in one allocation; the
+            // worker fills the slot itself, and the completion only reports
+            // a job that did not run (closed, terminated, timed out): the
+            // slot keeps the first outcome.
             let id = self.next_id();
-            let filler = Arc::clone(&slot);
-            let on_failure = Arc::clone(&slot);
+            let cell = Arc::new(TaskCell {
+                slot: Slot::bare(),
+                started: AtomicBool::new(false),
+                input: UnsafeCell::new(Some((f, args))),
+            });
+            let task: Arc<dyn LocalTask> = cell.clone();
             self.submit(Job {
                 id,
                 items: 1,
-                work: Work::Local(Box::new(move || {
-                    let r = catch_unwind(AssertUnwindSafe(move || f.call(args)))
-                        .map_err(|p| TaskError::Panicked(PanicReport::from_payload(&*p)));
-                    let failed = usize::from(r.is_err());
-                    filler.fill(r);
-                    (Box::new(()), failed)
-                })),
+                work: Work::Task(Arc::clone(&task)),
                 timeout,
-                done: Box::new(move |result| {
-                    if let JobResult::Failed(e) = result {
-                        on_failure.fill(Err(e));
-                    }
-                }),
+                done: Completion::Task(task),
             });
-            return AsyncResult::new(slot, id);
+            return AsyncResult::held(cell, id);
         }
+        let slot = Slot::new();
         let filler = Arc::clone(&slot);
         let id = self.submit_chunk(f, vec![args], timeout, move |chunk| {
             filler.fill(
@@ -1041,7 +1120,7 @@ impl Pool {
                     (Box::new(()), 0)
                 })),
                 timeout: None,
-                done: Box::new(move |result| {
+                done: Completion::Call(Box::new(move |result| {
                     let failure = match result {
                         JobResult::Failed(e) => {
                             // The map fails now, not when an abandoned
@@ -1054,7 +1133,7 @@ impl Pool {
                     if let Some(all) = done.complete_job(&state, failure) {
                         slot.fill(all);
                     }
-                }),
+                })),
             });
         }
         AsyncResult::new(slot, id)

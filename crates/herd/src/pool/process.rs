@@ -422,7 +422,9 @@ impl Drop for Ready {
     fn drop(&mut self) {
         for (done, _) in self.0.drain(..) {
             let error = TaskError::Internal("the pool's manager failed".to_owned());
-            let _ = catch_unwind(AssertUnwindSafe(move || done(JobResult::Failed(error))));
+            let _ = catch_unwind(AssertUnwindSafe(move || {
+                done.call(JobResult::Failed(error))
+            }));
         }
     }
 }
@@ -904,7 +906,7 @@ fn run_ready(mut ready: Ready) {
     for (done, result) in ready.0.drain(..) {
         // A completion runs the caller's `Deserialize`; a panic there must
         // not take the manager down (the completion reports it itself).
-        let _ = catch_unwind(AssertUnwindSafe(move || done(result)));
+        let _ = catch_unwind(AssertUnwindSafe(move || done.call(result)));
     }
 }
 

@@ -105,9 +105,27 @@ struct SlotState<R> {
     waiters: usize,
 }
 
+/// What an [`AsyncResult`] reads through: a [`Slot`] of its own, or a
+/// thread task's cell that holds the slot beside the function and its
+/// arguments (one allocation per task).
+pub(crate) trait HasSlot<R>: Send + Sync {
+    fn slot(&self) -> &Slot<R>;
+}
+
+impl<R: Send> HasSlot<R> for Slot<R> {
+    fn slot(&self) -> &Slot<R> {
+        self
+    }
+}
+
 impl<R> Slot<R> {
     pub(crate) fn new() -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new(Self::bare())
+    }
+
+    /// An empty slot, to embed.
+    pub(crate) fn bare() -> Self {
+        Self {
             ready: AtomicBool::new(false),
             state: Mutex::new(SlotState {
                 value: None,
@@ -116,7 +134,7 @@ impl<R> Slot<R> {
                 waiters: 0,
             }),
             cv: Condvar::new(),
-        })
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, SlotState<R>> {
@@ -221,7 +239,7 @@ impl<R> Slot<R> {
 /// }
 /// ```
 pub struct AsyncResult<R> {
-    slot: Arc<Slot<R>>,
+    holder: Arc<dyn HasSlot<R>>,
     id: u64,
 }
 
@@ -235,8 +253,20 @@ impl<R> fmt::Debug for AsyncResult<R> {
 }
 
 impl<R> AsyncResult<R> {
-    pub(crate) fn new(slot: Arc<Slot<R>>, id: u64) -> Self {
-        Self { slot, id }
+    pub(crate) fn new(slot: Arc<Slot<R>>, id: u64) -> Self
+    where
+        R: Send + 'static,
+    {
+        Self { holder: slot, id }
+    }
+
+    /// The result of a task whose slot lives in `holder`.
+    pub(crate) fn held(holder: Arc<dyn HasSlot<R>>, id: u64) -> Self {
+        Self { holder, id }
+    }
+
+    fn slot(&self) -> &Slot<R> {
+        self.holder.slot()
     }
 
     /// The task's id, as it appears in the pool's [`TaskEvent`](crate::pool::TaskEvent)s
@@ -247,39 +277,39 @@ impl<R> AsyncResult<R> {
 
     /// Whether the task has finished (successfully or not).
     pub fn ready(&self) -> bool {
-        self.slot.is_ready()
+        self.slot().is_ready()
     }
 
     /// `Some(true)` if the task finished with a value, `Some(false)` if it
     /// failed, `None` while it is not finished (where Python raises).
     pub fn successful(&self) -> Option<bool> {
-        self.slot.successful()
+        self.slot().successful()
     }
 
     /// Waits until the task has finished.
     pub fn wait(&self) {
-        self.slot.wait_until(None);
+        self.slot().wait_until(None);
     }
 
     /// Waits at most `timeout`; true if the task has finished.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.slot.wait_until(Instant::now().checked_add(timeout))
+        self.slot().wait_until(Instant::now().checked_add(timeout))
     }
 
     /// Waits for the task and returns its value or why there is none.
     pub fn get(self) -> Result<R, TaskError> {
-        self.slot.wait_until(None);
-        self.slot.take()
+        self.slot().wait_until(None);
+        self.slot().take()
     }
 
     /// Waits at most `timeout` for the value. [`TaskError::NotReady`] when
     /// the task has not finished by then: the task goes on, and a later call
     /// can still collect it.
     pub fn get_timeout(&mut self, timeout: Duration) -> Result<R, TaskError> {
-        if !self.slot.wait_until(Instant::now().checked_add(timeout)) {
+        if !self.slot().wait_until(Instant::now().checked_add(timeout)) {
             return Err(TaskError::NotReady);
         }
-        self.slot.take()
+        self.slot().take()
     }
 }
 
@@ -287,7 +317,7 @@ impl<R> Future for AsyncResult<R> {
     type Output = Result<R, TaskError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut st = self.slot.lock();
+        let mut st = self.slot().lock();
         if let Some(v) = st.value.take() {
             st.taken = true;
             return Poll::Ready(v);

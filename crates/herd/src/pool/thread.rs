@@ -145,7 +145,7 @@ fn release(st: MutexGuard<'_, State>) {
     let deferred = std::mem::take(&mut st.deferred);
     drop(st);
     for (done, result) in deferred {
-        done(result);
+        done.call(result);
     }
 }
 
@@ -292,6 +292,11 @@ fn worker(shared: &Arc<Shared>, me: u64) {
                 },
                 Err(p) => JobResult::Failed(TaskError::Panicked(PanicReport::from_payload(&*p))),
             },
+            Work::Task(task) => JobResult::Local {
+                values: Box::new(()),
+                items,
+                failed: usize::from(task.run()),
+            },
             Work::Encoded { .. } | Work::Wire(_) => JobResult::Failed(TaskError::Refused(
                 "internal: a process job reached a thread pool".to_owned(),
             )),
@@ -328,7 +333,7 @@ fn worker(shared: &Arc<Shared>, me: u64) {
         }
         if let Some(r) = running {
             shared.cfg.events.finished(id, shared.pid, &result);
-            (r.done)(result);
+            r.done.call(result);
         }
         if joiners {
             shared.changed.notify_all();
@@ -374,7 +379,7 @@ fn timer(shared: &Arc<Shared>) {
                     worker_pid: Some(shared.pid),
                     error: error.clone(),
                 });
-                (r.done)(JobResult::Failed(error));
+                r.done.call(JobResult::Failed(error));
             }
             shared.changed.notify_all();
             st = shared.lock();
@@ -455,7 +460,7 @@ impl Engine {
                 worker_pid: None,
                 error: error.clone(),
             });
-            (job.done)(JobResult::Failed(error));
+            job.done.call(JobResult::Failed(error));
             return;
         }
         st.outstanding += 1;
@@ -529,7 +534,7 @@ impl Engine {
                 worker_pid: Some(shared.pid),
                 error: TaskError::Terminated,
             });
-            (r.done)(JobResult::Failed(TaskError::Terminated));
+            r.done.call(JobResult::Failed(TaskError::Terminated));
         }
         shared.work.notify_all();
         shared.timer.notify_all();
