@@ -237,8 +237,8 @@ pub(crate) enum Work {
 /// completion and a separate slot took three (and the allocator, fed on
 /// one thread and drained on another, was a third of the cost).
 pub(crate) trait LocalTask: Send + Sync {
-    /// Runs the task (the first call only) and fills the slot; true if
-    /// it failed (panicked).
+    /// Runs the task (the first call only, and not after `fail`) and
+    /// fills the slot; true if it failed (panicked).
     fn run(&self) -> bool;
     /// Fills the slot with `error`, unless it already has an outcome.
     fn fail(&self, error: TaskError);
@@ -278,6 +278,9 @@ where
     }
 
     fn fail(&self, error: TaskError) {
+        // Failed before it started: it never runs (no side effects after
+        // its failure was reported).
+        self.started.store(true, Ordering::Release);
         self.slot.fill(Err(error));
     }
 }

@@ -1,20 +1,33 @@
-//! The thread backend: worker threads sharing one job list.
+//! The thread backend: worker threads taking jobs from one channel.
+//!
+//! The hot path takes no pool-wide lock: a submitter sends the job on a
+//! crossbeam channel (lock-free, and it parks and wakes idle workers
+//! itself); a worker receives it and records it in its own [`Cell`], where
+//! the timer and `terminate` can find and fail it. The pool's `State` mutex
+//! is only for what is rare: threads starting and leaving, closing,
+//! terminating, a broken initializer, the timer.
 //!
 //! A thread cannot be killed, so a task over its timeout is *abandoned*:
-//! its result slot gets `TimedOut`, a replacement thread starts at once,
-//! and the abandoned thread exits when its task returns.
+//! its result gets `TimedOut`, a replacement thread starts at once, and the
+//! abandoned thread exits when its task returns.
+//!
+//! Every job sent is completed exactly once: by the worker that ran it;
+//! by the timer or `terminate`, which take it out of the worker's cell
+//! (the worker then finds the cell empty and drops its result); or, once
+//! the pool is halted (terminated, or broken by a failed initializer),
+//! failed by whoever receives it — `terminate` draining the channel, or a
+//! worker that looks at the halt flag after receiving.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
 
 use super::result::TaskError;
 use super::{Completion, Events, Job, JobResult, PoolError, TaskEvent, Work};
 use crate::PanicReport;
-use crate::backoff::poll_briefly;
 
 /// The thread backend's settings.
 pub(crate) struct Config {
@@ -24,78 +37,93 @@ pub(crate) struct Config {
     pub(crate) events: Events,
 }
 
-/// Hashes the pool's own ids (job and thread numbers, unique and
-/// sequential) as themselves: SipHash's protection against chosen keys is
-/// not needed here and cost a measurable share of a tiny task.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        // Spread sequential ids over the table's buckets.
-        self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8) | u64::from(*b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
 /// A job a thread is running.
 struct Running {
+    id: u64,
     done: Completion,
     deadline: Option<Instant>,
     timeout: Duration,
-    thread: u64,
+}
+
+/// One worker thread's job in progress.
+#[derive(Default)]
+struct Cell {
+    running: Mutex<Option<Running>>,
+    /// The timer or `terminate` took its job: the thread leaves after it
+    /// (it no longer counts towards the pool's size).
+    abandoned: AtomicBool,
+}
+
+impl Cell {
+    fn lock(&self) -> MutexGuard<'_, Option<Running>> {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 struct State {
-    queue: VecDeque<Job>,
-    running: HashMap<u64, Running, BuildHasherDefault<IdHasher>>,
     /// Threads that count towards the pool's size (not abandoned).
     threads: usize,
-    abandoned: HashSet<u64, BuildHasherDefault<IdHasher>>,
-    /// Threads waiting on `work`.
-    sleepers: usize,
-    /// Threads waiting on `changed` (in `join`).
-    joiners: usize,
+    /// Every live thread's cell, by thread number (abandoned ones too,
+    /// until they leave).
+    cells: Vec<(u64, Arc<Cell>)>,
     next_thread: u64,
-    outstanding: usize,
     closed: bool,
     terminated: bool,
     broken: Option<TaskError>,
     timer: bool,
-    /// Completions to run once the lock is released.
-    deferred: Vec<(Completion, JobResult)>,
 }
 
 struct Shared {
     state: Mutex<State>,
-    /// Work arrived, or the pool is closing.
-    work: Condvar,
-    /// A job finished or a thread exited (for `join`).
+    /// A thread left (for `join`).
     changed: Condvar,
-    /// A job with a deadline started (for the timer thread).
+    /// A job with a deadline started, or the pool closed (for the timer).
     timer: Condvar,
+    /// The jobs' way in; `None` once closed, so the workers see the end of
+    /// the channel when it is empty.
+    tx: RwLock<Option<Sender<Job>>>,
+    rx: Receiver<Job>,
     cfg: Config,
     pid: u32,
-    /// The length of `queue`, readable without the lock.
-    queued: AtomicUsize,
-    /// Closed, terminated or broken: idle threads must look.
-    stop: AtomicBool,
-    /// Terminated: a job taken ahead may have been failed meanwhile.
-    terminated: AtomicBool,
+    /// Terminated or broken: a received job is failed, not run.
+    halted: AtomicBool,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Why a job cannot run on a halted pool.
+    fn halt_error(&self) -> TaskError {
+        let st = self.lock();
+        if st.terminated {
+            TaskError::Terminated
+        } else {
+            st.broken.clone().unwrap_or(TaskError::Terminated)
+        }
+    }
+
+    /// Completes a job that will not run, with `error`.
+    fn fail(&self, id: u64, done: Completion, error: TaskError) {
+        self.cfg.events.emit(|| TaskEvent::Failed {
+            id,
+            worker_pid: None,
+            error: error.clone(),
+        });
+        done.call(JobResult::Failed(error));
+    }
+
+    /// Closes the way in (under `st`, so no submitter sends after it).
+    fn close_channel(&self) {
+        *self.tx.write().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// Fails every job still in the channel.
+    fn drain(&self, error: &TaskError) {
+        while let Ok(job) = self.rx.try_recv() {
+            self.fail(job.id, job.done, error.clone());
+        }
     }
 }
 
@@ -103,82 +131,159 @@ impl Shared {
 fn start_thread(shared: &Arc<Shared>, st: &mut State) {
     let id = st.next_thread;
     st.next_thread += 1;
+    let cell = Arc::new(Cell::default());
+    st.cells.push((id, Arc::clone(&cell)));
     let for_thread = Arc::clone(shared);
     let started = std::thread::Builder::new()
         .name(format!("herd-pool-thread-{id}"))
-        .spawn(move || worker(&for_thread, id));
+        .spawn(move || worker(&for_thread, id, &cell));
     if started.is_err() {
+        st.cells.retain(|(t, _)| *t != id);
         st.threads = st.threads.saturating_sub(1);
-        if st.threads == 0 {
+        if st.threads == 0 && st.broken.is_none() {
             st.broken = Some(TaskError::WorkerStart(
                 "no thread could be started".to_owned(),
             ));
-            fail_queue(shared, st, |b| b);
+            shared.halted.store(true, Ordering::SeqCst);
+            shared.close_channel();
         }
     }
 }
 
-/// Fails every queued job with the pool's broken error (or `Terminated`).
-/// The completions run at the next [`release`], outside the lock.
-fn fail_queue(shared: &Shared, st: &mut State, pick: impl Fn(TaskError) -> TaskError) {
-    let error = pick(st.broken.clone().unwrap_or(TaskError::Terminated));
-    let jobs: Vec<Job> = st.queue.drain(..).collect();
-    shared.queued.store(0, Ordering::Release);
-    shared.stop.store(true, Ordering::Release);
-    for job in jobs {
-        st.outstanding = st.outstanding.saturating_sub(1);
-        let id = job.id;
-        shared.cfg.events.emit(|| TaskEvent::Failed {
-            id,
-            worker_pid: None,
-            error: error.clone(),
-        });
-        st.deferred
-            .push((job.done, JobResult::Failed(error.clone())));
+/// After [`start_thread`] (outside the lock): if no thread could be
+/// started, nobody would ever receive the queued jobs; fail them.
+fn drain_if_halted(shared: &Shared) {
+    if shared.halted.load(Ordering::SeqCst) {
+        let error = shared.halt_error();
+        shared.drain(&error);
     }
 }
 
-/// Unlocks, then runs the completions deferred under the lock (they run
-/// the caller's code: wakers, `Drop`s).
-fn release(st: MutexGuard<'_, State>) {
-    let mut st = st;
-    let deferred = std::mem::take(&mut st.deferred);
+/// The pool cannot run tasks (an initializer failed): refuse new jobs and
+/// fail the queued ones.
+fn break_pool(shared: &Shared, error: TaskError) {
+    {
+        let mut st = shared.lock();
+        st.broken.get_or_insert(error);
+        shared.halted.store(true, Ordering::SeqCst);
+        shared.close_channel();
+    }
+    let error = shared.halt_error();
+    shared.drain(&error);
+}
+
+/// A thread leaves: it no longer counts (unless it was abandoned, which
+/// already uncounted it) and its cell goes.
+fn leave(shared: &Shared, me: u64, counted: bool) {
+    let mut st = shared.lock();
+    if counted {
+        st.threads = st.threads.saturating_sub(1);
+    }
+    st.cells.retain(|(t, _)| *t != me);
     drop(st);
-    for (done, result) in deferred {
-        done.call(result);
+    shared.changed.notify_all();
+    shared.timer.notify_all();
+}
+
+fn worker(shared: &Arc<Shared>, me: u64, cell: &Cell) {
+    if let Some(init) = &shared.cfg.init
+        && let Err(p) = catch_unwind(AssertUnwindSafe(|| init()))
+    {
+        let report = PanicReport::from_payload(&*p);
+        break_pool(shared, TaskError::Initializer(report.to_string()));
+        leave(shared, me, true);
+        return;
     }
-}
-
-/// A job taken from the queue and registered as running (its completion
-/// is in `State::running`).
-struct Taken {
-    id: u64,
-    items: usize,
-    work: Work,
-    /// Whether it has a deadline (the timer must look again).
-    timed: bool,
-}
-
-/// Registers `job` as running on thread `me` (under the lock).
-fn take(shared: &Arc<Shared>, st: &mut State, job: Job, me: u64) -> Taken {
-    let Job {
-        id,
-        items,
-        work,
-        timeout,
-        done,
-    } = job;
-    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-    st.running.insert(
-        id,
-        Running {
+    let mut jobs = 0u64;
+    // Ends when the pool is closed (or halted) and the channel is empty.
+    while let Ok(job) = shared.rx.recv() {
+        let Job {
+            id,
+            items,
+            work,
+            timeout,
             done,
-            deadline,
-            timeout: timeout.unwrap_or_default(),
-            thread: me,
-        },
-    );
-    if deadline.is_some() && !st.timer {
+        } = job;
+        if shared.halted.load(Ordering::SeqCst) {
+            shared.fail(id, done, shared.halt_error());
+            continue;
+        }
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        {
+            let mut running = cell.lock();
+            // Under the cell's lock, which `terminate` takes after it sets
+            // the flag: either it sees this job here, or this sees the flag.
+            if shared.halted.load(Ordering::SeqCst) {
+                drop(running);
+                shared.fail(id, done, shared.halt_error());
+                continue;
+            }
+            *running = Some(Running {
+                id,
+                done,
+                deadline,
+                timeout: timeout.unwrap_or_default(),
+            });
+        }
+        if deadline.is_some() {
+            watch_deadline(shared);
+        }
+        shared.cfg.events.emit(|| TaskEvent::Started {
+            id,
+            worker_pid: shared.pid,
+        });
+        let result = match work {
+            Work::Task(task) => JobResult::Local {
+                values: Box::new(()),
+                items,
+                failed: usize::from(task.run()),
+            },
+            Work::Local(run) => match catch_unwind(AssertUnwindSafe(run)) {
+                Ok((values, failed)) => JobResult::Local {
+                    values,
+                    items,
+                    failed,
+                },
+                Err(p) => JobResult::Failed(TaskError::Panicked(PanicReport::from_payload(&*p))),
+            },
+            Work::Encoded { .. } | Work::Wire(_) => JobResult::Failed(TaskError::Refused(
+                "internal: a process job reached a thread pool".to_owned(),
+            )),
+        };
+        // Still ours unless the timer or `terminate` completed it (and
+        // abandoned this thread).
+        let mine = cell.lock().take();
+        if let Some(r) = mine {
+            shared.cfg.events.finished(id, shared.pid, &result);
+            r.done.call(result);
+        }
+        if cell.abandoned.load(Ordering::SeqCst) {
+            leave(shared, me, false);
+            return;
+        }
+        jobs += 1;
+        if shared.cfg.max_jobs != 0 && jobs >= shared.cfg.max_jobs {
+            // Replace this thread (fresh thread-locals) and leave; the
+            // replacement takes over this one's place in the count.
+            let mut st = shared.lock();
+            if !st.terminated {
+                st.threads += 1;
+                start_thread(shared, &mut st);
+            }
+            drop(st);
+            drain_if_halted(shared);
+            leave(shared, me, true);
+            return;
+        }
+    }
+    leave(shared, me, true);
+}
+
+/// A job with a deadline started: make sure the timer runs and looks.
+#[cold]
+fn watch_deadline(shared: &Arc<Shared>) {
+    let mut st = shared.lock();
+    if !st.timer {
         st.timer = true;
         let for_timer = Arc::clone(shared);
         if std::thread::Builder::new()
@@ -189,193 +294,45 @@ fn take(shared: &Arc<Shared>, st: &mut State, job: Job, me: u64) -> Taken {
             st.timer = false;
         }
     }
-    Taken {
-        id,
-        items,
-        work,
-        timed: deadline.is_some(),
-    }
-}
-
-fn worker(shared: &Arc<Shared>, me: u64) {
-    if let Some(init) = &shared.cfg.init
-        && let Err(p) = catch_unwind(AssertUnwindSafe(|| init()))
-    {
-        let report = PanicReport::from_payload(&*p);
-        let mut st = shared.lock();
-        st.broken = Some(TaskError::Initializer(report.to_string()));
-        st.threads = st.threads.saturating_sub(1);
-        fail_queue(shared, &mut st, |b| b);
-        release(st);
-        shared.changed.notify_all();
-        shared.work.notify_all();
-        return;
-    }
-    let mut jobs = 0u64;
-    // The next job, taken while finishing the last one (one trip through
-    // the lock for both when the queue is busy).
-    let mut next: Option<Taken> = None;
-    loop {
-        let taken = match next.take() {
-            // Taken ahead, while the last job was finishing: since then
-            // the pool may have terminated, or the timer may have timed it
-            // out, failing it and abandoning this thread. Then it must not
-            // run (it was reported failed; no side effects after that).
-            Some(t) if t.timed || shared.terminated.load(Ordering::Acquire) => {
-                let mut st = shared.lock();
-                if st.running.contains_key(&t.id) {
-                    release(st);
-                    t
-                } else {
-                    st.abandoned.remove(&me);
-                    let joiners = st.joiners > 0;
-                    release(st);
-                    drop(t);
-                    if joiners {
-                        shared.changed.notify_all();
-                    }
-                    return;
-                }
-            }
-            Some(t) => t,
-            None => {
-                // Work usually arrives within microseconds of the last job:
-                // look before sleeping, so the submitter need not wake this
-                // thread.
-                poll_briefly(|| {
-                    shared.queued.load(Ordering::Acquire) != 0
-                        || shared.stop.load(Ordering::Acquire)
-                });
-                let mut st = shared.lock();
-                let job = loop {
-                    if st.terminated || st.broken.is_some() {
-                        break None;
-                    }
-                    if let Some(job) = st.queue.pop_front() {
-                        shared.queued.store(st.queue.len(), Ordering::Release);
-                        break Some(job);
-                    }
-                    if st.closed {
-                        break None;
-                    }
-                    st.sleepers += 1;
-                    st = shared.work.wait(st).unwrap_or_else(PoisonError::into_inner);
-                    st.sleepers -= 1;
-                };
-                let Some(job) = job else {
-                    st.threads = st.threads.saturating_sub(1);
-                    release(st);
-                    shared.changed.notify_all();
-                    return;
-                };
-                let taken = take(shared, &mut st, job, me);
-                release(st);
-                if taken.timed {
-                    shared.timer.notify_all();
-                }
-                taken
-            }
-        };
-        let Taken {
-            id, items, work, ..
-        } = taken;
-        shared.cfg.events.emit(|| TaskEvent::Started {
-            id,
-            worker_pid: shared.pid,
-        });
-        let result = match work {
-            Work::Local(run) => match catch_unwind(AssertUnwindSafe(run)) {
-                Ok((values, failed)) => JobResult::Local {
-                    values,
-                    items,
-                    failed,
-                },
-                Err(p) => JobResult::Failed(TaskError::Panicked(PanicReport::from_payload(&*p))),
-            },
-            Work::Task(task) => JobResult::Local {
-                values: Box::new(()),
-                items,
-                failed: usize::from(task.run()),
-            },
-            Work::Encoded { .. } | Work::Wire(_) => JobResult::Failed(TaskError::Refused(
-                "internal: a process job reached a thread pool".to_owned(),
-            )),
-        };
-        let mut st = shared.lock();
-        let running = st.running.remove(&id);
-        if running.is_some() {
-            st.outstanding = st.outstanding.saturating_sub(1);
-        }
-        let abandoned = !st.abandoned.is_empty() && st.abandoned.remove(&me);
-        jobs += 1;
-        let retire = !abandoned && shared.cfg.max_jobs != 0 && jobs >= shared.cfg.max_jobs;
-        if retire {
-            // Replace this thread (fresh thread-locals) and leave.
-            start_thread(shared, &mut st);
-        }
-        let mut timed = false;
-        if !abandoned
-            && !retire
-            && !st.terminated
-            && st.broken.is_none()
-            && let Some(job) = st.queue.pop_front()
-        {
-            shared.queued.store(st.queue.len(), Ordering::Release);
-            let taken = take(shared, &mut st, job, me);
-            timed = taken.timed;
-            next = Some(taken);
-        }
-        // std's notify makes a system call even with nobody waiting.
-        let joiners = st.joiners > 0;
-        release(st);
-        if timed {
-            shared.timer.notify_all();
-        }
-        if let Some(r) = running {
-            shared.cfg.events.finished(id, shared.pid, &result);
-            r.done.call(result);
-        }
-        if joiners {
-            shared.changed.notify_all();
-        }
-        if abandoned || retire {
-            return;
-        }
-    }
+    // Notified under the lock the timer holds from its scan to its wait,
+    // so the wake cannot fall between them.
+    shared.timer.notify_all();
 }
 
 /// Fails tasks past their deadline and replaces their threads.
 fn timer(shared: &Arc<Shared>) {
     let mut st = shared.lock();
     loop {
-        if st.terminated || (st.closed && st.outstanding == 0) {
+        if st.terminated || (st.closed && st.threads == 0) {
             st.timer = false;
-            release(st);
             return;
         }
         let now = Instant::now();
-        let expired: Vec<u64> = st
-            .running
-            .iter()
-            .filter(|(_, r)| r.deadline.is_some_and(|d| d <= now))
-            .map(|(id, _)| *id)
-            .collect();
-        if !expired.is_empty() {
-            let mut fired = Vec::new();
-            for id in expired {
-                if let Some(r) = st.running.remove(&id) {
-                    st.outstanding = st.outstanding.saturating_sub(1);
-                    st.abandoned.insert(r.thread);
-                    // The abandoned thread no longer counts; its replacement does.
-                    start_thread(shared, &mut st);
-                    fired.push((id, r));
+        let mut fired = Vec::new();
+        let mut next: Option<Instant> = None;
+        for (_, cell) in &st.cells {
+            let mut running = cell.lock();
+            match running.as_ref().and_then(|r| r.deadline) {
+                Some(d) if d <= now => {
+                    cell.abandoned.store(true, Ordering::SeqCst);
+                    fired.extend(running.take());
                 }
+                Some(d) => next = Some(next.map_or(d, |n| n.min(d))),
+                None => {}
             }
-            release(st);
-            for (id, r) in fired {
+        }
+        if !fired.is_empty() {
+            for _ in &fired {
+                // The abandoned thread no longer counts; its replacement
+                // does (after `close` too: jobs may still be queued).
+                start_thread(shared, &mut st);
+            }
+            drop(st);
+            drain_if_halted(shared);
+            for r in fired {
                 let error = TaskError::TimedOut(r.timeout);
                 shared.cfg.events.emit(|| TaskEvent::Failed {
-                    id,
+                    id: r.id,
                     worker_pid: Some(shared.pid),
                     error: error.clone(),
                 });
@@ -385,7 +342,6 @@ fn timer(shared: &Arc<Shared>) {
             st = shared.lock();
             continue;
         }
-        let next = st.running.values().filter_map(|r| r.deadline).min();
         let wait = next.map_or(Duration::from_millis(100), |d| {
             d.saturating_duration_since(now)
         });
@@ -405,74 +361,60 @@ pub(crate) struct Engine {
 impl Engine {
     pub(crate) fn new(cfg: Config) -> Self {
         let size = cfg.size;
+        let (tx, rx) = crossbeam_channel::unbounded();
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                queue: VecDeque::new(),
-                running: HashMap::default(),
                 threads: size,
-                abandoned: HashSet::default(),
-                sleepers: 0,
-                joiners: 0,
+                cells: Vec::with_capacity(size),
                 next_thread: 0,
-                outstanding: 0,
                 closed: false,
                 terminated: false,
                 broken: None,
                 timer: false,
-                deferred: Vec::new(),
             }),
-            work: Condvar::new(),
             changed: Condvar::new(),
             timer: Condvar::new(),
+            tx: RwLock::new(Some(tx)),
+            rx,
             cfg,
             pid: std::process::id(),
-            queued: AtomicUsize::new(0),
-            stop: AtomicBool::new(false),
-            terminated: AtomicBool::new(false),
+            halted: AtomicBool::new(false),
         });
         {
             let mut st = shared.lock();
             for _ in 0..size {
                 start_thread(&shared, &mut st);
             }
-            release(st);
         }
+        drain_if_halted(&shared);
         Self { shared }
     }
 
     pub(crate) fn submit(&self, job: Job) {
         let shared = &self.shared;
-        let mut st = shared.lock();
         let id = job.id;
         shared.cfg.events.emit(|| TaskEvent::Submitted {
             id,
             items: job.items,
         });
-        let refused = if st.closed {
-            Some(TaskError::Closed)
-        } else {
-            st.broken.clone()
+        let refused = {
+            let tx = shared.tx.read().unwrap_or_else(PoisonError::into_inner);
+            match &*tx {
+                // The pool holds a receiver, so a send cannot fail.
+                Some(tx) => tx.send(job).err().map(|e| e.0),
+                None => Some(job),
+            }
         };
-        if let Some(error) = refused {
-            release(st);
-            shared.cfg.events.emit(|| TaskEvent::Failed {
-                id,
-                worker_pid: None,
-                error: error.clone(),
-            });
-            job.done.call(JobResult::Failed(error));
-            return;
-        }
-        st.outstanding += 1;
-        st.queue.push_back(job);
-        shared.queued.store(st.queue.len(), Ordering::Release);
-        // A sleeper counts itself under the lock before it waits, so with
-        // none counted nobody can miss this job, and no wake-up call is made.
-        let wake = st.sleepers > 0;
-        release(st);
-        if wake {
-            shared.work.notify_one();
-        }
+        let Some(job) = refused else { return };
+        let error = {
+            let st = shared.lock();
+            if st.closed {
+                TaskError::Closed
+            } else {
+                st.broken.clone().unwrap_or(TaskError::Closed)
+            }
+        };
+        shared.fail(id, job.done, error);
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -480,30 +422,23 @@ impl Engine {
     }
 
     pub(crate) fn close(&self) {
-        self.shared.lock().closed = true;
-        self.shared.stop.store(true, Ordering::Release);
-        self.shared.work.notify_all();
+        {
+            let mut st = self.shared.lock();
+            st.closed = true;
+            self.shared.close_channel();
+        }
         self.shared.timer.notify_all();
     }
 
     pub(crate) fn join(&self, deadline: Option<Instant>) -> Result<(), PoolError> {
-        let mut st = self.shared.lock();
+        let st = self.shared.lock();
         if !st.closed {
             return Err(PoolError::NotClosed);
         }
-        st.joiners += 1;
-        let r = self.join_locked(st, deadline);
-        self.shared.lock().joiners -= 1;
-        r
-    }
-
-    fn join_locked(
-        &self,
-        st: MutexGuard<'_, State>,
-        deadline: Option<Instant>,
-    ) -> Result<(), PoolError> {
-        let done = |st: &State| st.threads == 0 && (st.outstanding == 0 || st.terminated);
-        if super::wait_for(&self.shared.changed, st, deadline, done) {
+        // Every job sent is completed before the last counted thread
+        // leaves (a closed channel ends only when empty), or was failed
+        // by the timer or `terminate` already.
+        if super::wait_for(&self.shared.changed, st, deadline, |st| st.threads == 0) {
             Ok(())
         } else {
             Err(PoolError::Timeout)
@@ -512,31 +447,35 @@ impl Engine {
 
     pub(crate) fn terminate(&self) {
         let shared = &self.shared;
-        let mut st = shared.lock();
-        if st.terminated {
-            return;
+        let mut taken = Vec::new();
+        {
+            let mut st = shared.lock();
+            if st.terminated {
+                return;
+            }
+            st.terminated = true;
+            st.closed = true;
+            shared.halted.store(true, Ordering::SeqCst);
+            shared.close_channel();
+            let mut abandoned = 0;
+            for (_, cell) in &st.cells {
+                if let Some(r) = cell.lock().take() {
+                    cell.abandoned.store(true, Ordering::SeqCst);
+                    abandoned += 1;
+                    taken.push(r);
+                }
+            }
+            st.threads = st.threads.saturating_sub(abandoned);
         }
-        st.terminated = true;
-        st.closed = true;
-        shared.stop.store(true, Ordering::Release);
-        shared.terminated.store(true, Ordering::Release);
-        fail_queue(shared, &mut st, |_| TaskError::Terminated);
-        let running: Vec<(u64, Running)> = st.running.drain().collect();
-        for (_, r) in &running {
-            st.abandoned.insert(r.thread);
-            st.threads = st.threads.saturating_sub(1);
-        }
-        st.outstanding = 0;
-        release(st);
-        for (id, r) in running {
+        shared.drain(&TaskError::Terminated);
+        for r in taken {
             shared.cfg.events.emit(|| TaskEvent::Failed {
-                id,
+                id: r.id,
                 worker_pid: Some(shared.pid),
                 error: TaskError::Terminated,
             });
             r.done.call(JobResult::Failed(TaskError::Terminated));
         }
-        shared.work.notify_all();
         shared.timer.notify_all();
         shared.changed.notify_all();
     }
