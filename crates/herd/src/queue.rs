@@ -2,13 +2,18 @@
 //! shared memory, across threads and processes — Python's
 //! `multiprocessing.Queue` without its silent losses.
 //!
-//! The queue is a byte ring in a sealed memfd, guarded by a robust lock
-//! (see [`sync::Lock`](crate::sync::Lock)). A message is its length (4
-//! bytes) and its MessagePack bytes. Every operation publishes last: `put`
-//! writes the message, then advances the tail and the count; `get` copies
-//! the message out, then advances the head. So a process killed at any
-//! instant — the lock is then released by the kernel and the next user sees
-//! "owner died" — leaves the queue consistent:
+//! The queue is a byte ring in a sealed memfd with two robust locks (see
+//! [`sync::Lock`](crate::sync::Lock)): producers take the tail lock,
+//! consumers the head lock, so a put and a get never wait for each other,
+//! and each end keeps its own cache line (tail and count of puts; head and
+//! count of gets), reading the other's only when its last copy says the
+//! ring is full or empty. A message is its length (4 bytes) and its
+//! MessagePack bytes. Every operation publishes last: `put` writes the
+//! message, then advances the tail, then the count; `get` takes the
+//! message, then advances the head, then the count. So a process killed at
+//! any instant — its lock is then released by the kernel and the next user
+//! sees "owner died", and recounts under both locks — leaves the queue
+//! consistent:
 //!
 //! * a producer killed inside `put` before it published: its item was never
 //!   in the queue (its `put` never returned); nothing else is touched;
@@ -27,7 +32,7 @@ use std::io;
 use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -37,15 +42,26 @@ use thiserror::Error;
 
 use crate::backoff::poll_briefly;
 use crate::os;
-use crate::sync::{Kind, LOCK_BODY, LockCore, LockError, Region};
+use crate::sync::{Acquired, Kind, LOCK_BODY, LockCore, LockError, RawMutex, Region};
 
 /// Bytes of the ring for an "unbounded" queue: 1 GiB of address space,
 /// of which only the pages used are ever allocated.
 const UNBOUNDED_BYTES: u64 = 1 << 30;
 /// Bytes of the ring for a bounded queue.
 const BOUNDED_BYTES: u64 = 64 << 20;
-/// The state line after the lock: head, tail, count, closed, wait words.
-const STATE: usize = 64;
+/// The state after the tail lock (the lock core's own), then the ring:
+///
+/// ```text
+///   0  producers' line: tail, puts, head_seen, gets_seen, pending (u64)
+///  64  the head lock (a robust mutex of its own line)
+/// 128  consumers' line: head, gets, tail_seen (u64)
+/// 192  shared line: closed, not_empty, not_full, sleeping_getters,
+///      sleeping_putters, unfinished, joinable (u32)
+/// ```
+const STATE: usize = 256;
+/// A ring that empties past this position starts over at 0 (if the
+/// producers are idle).
+const REWIND_AT: u64 = 256 << 10;
 /// The longest a waiter sleeps before it looks again.
 const RECHECK: Duration = Duration::from_millis(100);
 
@@ -262,51 +278,87 @@ impl<T> Queue<T> {
     }
 
     fn word64(&self, off: usize) -> &AtomicU64 {
-        // SAFETY: the state line is 64 bytes, 64-byte aligned, after the
-        // lock; offsets 0 and 8 hold u64s.
+        // SAFETY: the state lines are 64-byte aligned, after the lock;
+        // `off` is one of the u64 offsets laid out in `STATE`'s doc.
         unsafe { AtomicU64::from_ptr(self.state().add(off).cast()) }
     }
 
     fn word32(&self, off: usize) -> &AtomicU32 {
-        // SAFETY: as in `word64`; offsets 16..40 hold u32s.
+        // SAFETY: as in `word64`, for the u32 offsets of the shared line.
         unsafe { AtomicU32::from_ptr(self.state().add(off).cast()) }
     }
 
-    fn head(&self) -> &AtomicU64 {
+    // The producers' line (written under the tail lock).
+    fn tail(&self) -> &AtomicU64 {
         self.word64(0)
     }
-    fn tail(&self) -> &AtomicU64 {
+    /// Items published, ever.
+    fn puts(&self) -> &AtomicU64 {
         self.word64(8)
     }
-    fn count(&self) -> &AtomicU32 {
-        self.word32(16)
+    /// A value `head` had (never above it): room is counted from it, and
+    /// `head` is read again only when it says the ring is short.
+    fn head_seen(&self) -> &AtomicU64 {
+        self.word64(16)
     }
+    /// Likewise for `gets`.
+    fn gets_seen(&self) -> &AtomicU64 {
+        self.word64(24)
+    }
+    /// 1 + the tail of a put that counted its item unfinished and has not
+    /// published it yet (0: none); for the repair of a `JoinableQueue`.
+    fn pending(&self) -> &AtomicU64 {
+        self.word64(32)
+    }
+
+    /// The consumers' lock, in its own line.
+    fn head_lock(&self) -> &RawMutex {
+        // SAFETY: 64 bytes at offset 64 of the state, 64-byte aligned,
+        // used only as this mutex, living as long as the region.
+        unsafe { RawMutex::at(self.state().add(64)) }
+    }
+
+    // The consumers' line (written under the head lock).
+    fn head(&self) -> &AtomicU64 {
+        self.word64(128)
+    }
+    /// Items taken, ever.
+    fn gets(&self) -> &AtomicU64 {
+        self.word64(136)
+    }
+    /// A value `tail` had (never above it): frames below it are there to
+    /// take without reading the producers' line.
+    fn tail_seen(&self) -> &AtomicU64 {
+        self.word64(144)
+    }
+
+    // The shared line: rarely written.
     fn closed(&self) -> &AtomicU32 {
-        self.word32(20)
+        self.word32(192)
     }
     fn not_empty(&self) -> &AtomicU32 {
-        self.word32(24)
+        self.word32(196)
     }
     fn not_full(&self) -> &AtomicU32 {
-        self.word32(28)
+        self.word32(200)
     }
     fn sleeping_getters(&self) -> &AtomicU32 {
-        self.word32(32)
+        self.word32(204)
     }
     fn sleeping_putters(&self) -> &AtomicU32 {
-        self.word32(36)
+        self.word32(208)
     }
     /// Items put and not yet marked done (`JoinableQueue`).
     fn unfinished(&self) -> &AtomicU32 {
-        self.word32(40)
+        self.word32(212)
     }
     /// 1 for a `JoinableQueue`: only then does `put` count unfinished items.
     fn joinable(&self) -> &AtomicU32 {
-        self.word32(44)
+        self.word32(216)
     }
 
     fn ring(&self) -> *mut u8 {
-        // SAFETY: the ring follows the state line (size checked at open).
+        // SAFETY: the ring follows the state lines (size checked at open).
         unsafe { self.state().add(STATE) }
     }
 
@@ -358,29 +410,121 @@ impl<T> Queue<T> {
         out
     }
 
-    /// Takes the lock (a dead previous holder is fine: every operation
-    /// publishes last, so the state is consistent whenever it is released).
-    fn lock(&self, deadline: Option<Instant>) -> bool {
-        match self.core.acquire(deadline, true) {
-            Ok(()) => true,
-            Err(LockError::Poisoned { .. }) => {
-                // The previous holder died (or panicked) mid-operation. Its
-                // head/tail publication is all or nothing, but it may have
-                // died between that and the count: recount from the frames.
-                self.repair();
-                true
+    /// Takes one end's lock. A dead previous holder left the positions
+    /// consistent (each side publishes last), but perhaps not the counts:
+    /// the lock is released and both are recounted under both locks.
+    fn lock(&self, end: End, deadline: Option<Instant>) -> bool {
+        loop {
+            let clean = match end {
+                End::Put => match self.core.acquire(deadline, true) {
+                    Ok(()) => true,
+                    Err(LockError::Poisoned { .. }) => false,
+                    Err(_) => return false,
+                },
+                End::Get => {
+                    let raw = self.head_lock();
+                    let got = match raw.try_free() {
+                        Some(a) => Ok(a),
+                        None => raw.lock(false, deadline, None, || false),
+                    };
+                    match got {
+                        Ok(Acquired::Clean | Acquired::Reentered) => true,
+                        Ok(Acquired::OwnerDied | Acquired::Poisoned) => false,
+                        Err(_) => return false,
+                    }
+                }
+            };
+            if clean {
+                return true;
             }
-            Err(_) => false,
+            self.unlock(end);
+            self.repair();
         }
     }
 
-    /// The ring's used bytes, if head and tail are sane.
-    fn used(&self) -> Option<u64> {
-        let used = self
-            .tail()
-            .load(Ordering::Relaxed)
-            .checked_sub(self.head().load(Ordering::Relaxed))?;
-        (used <= self.cap).then_some(used)
+    fn unlock(&self, end: End) {
+        match end {
+            End::Put => self.core.release(),
+            End::Get => self.head_lock().unlock(false),
+        }
+    }
+
+    /// Takes both locks (tail first: a consumer never waits for the tail
+    /// lock while it holds the head lock, it only tries), recounts, and
+    /// releases them. Called holding neither.
+    #[cold]
+    fn repair(&self) {
+        // A poisoned outcome still holds the lock, which is all this needs.
+        let tail = matches!(
+            self.core.acquire(None, true),
+            Ok(()) | Err(LockError::Poisoned { .. })
+        );
+        let raw = self.head_lock();
+        let head = raw
+            .try_free()
+            .map_or_else(|| raw.lock(false, None, None, || false), Ok)
+            .is_ok();
+        if tail && head {
+            self.recount();
+        }
+        if head {
+            raw.unlock(false);
+        }
+        if tail {
+            self.core.release();
+        }
+    }
+
+    /// With both locks held: makes the counts agree with the frames between
+    /// head and tail (a producer or consumer died between its two
+    /// publishing stores), or empties an insane queue (only a foreign
+    /// writer, or a consumer that died mid-rewind, makes one), and wakes
+    /// everyone to look again.
+    fn recount(&self) {
+        let head = self.head().load(Ordering::Relaxed);
+        let tail = self.tail().load(Ordering::Relaxed);
+        let gets = self.gets().load(Ordering::Relaxed);
+        let mut n: u64 = 0;
+        let mut pos = head;
+        let sane = tail.checked_sub(head).is_some_and(|u| u <= self.cap)
+            && loop {
+                if pos == tail {
+                    break true;
+                }
+                match self.frame_at(pos, tail) {
+                    Some(len) => {
+                        pos += 4 + len;
+                        n += 1;
+                    }
+                    None => break false,
+                }
+            };
+        let (head, gets) = if sane {
+            self.puts().store(gets + n, Ordering::Release);
+            (head, gets)
+        } else {
+            let puts = self.puts().load(Ordering::Relaxed).max(gets);
+            self.head().store(tail, Ordering::Release);
+            self.gets().store(puts, Ordering::Release);
+            self.puts().store(puts, Ordering::Release);
+            (tail, puts)
+        };
+        self.tail_seen().store(head, Ordering::Relaxed);
+        self.head_seen().store(head, Ordering::Relaxed);
+        self.gets_seen().store(gets, Ordering::Relaxed);
+        // A put that counted its item unfinished and died before
+        // publishing it: uncount it, or `join` would wait for ever.
+        let pending = self.pending().swap(0, Ordering::Relaxed);
+        if pending != 0 && pending - 1 == tail {
+            let _ = self
+                .unfinished()
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| u.checked_sub(1));
+            os::futex_wake(self.unfinished(), os::WAKE_ALL);
+        }
+        for word in [self.not_empty(), self.not_full()] {
+            word.fetch_add(1, Ordering::SeqCst);
+            os::futex_wake(word, os::WAKE_ALL);
+        }
     }
 
     /// The length of the frame at `pos`, if it is a sane frame ending by
@@ -392,77 +536,92 @@ impl<T> Queue<T> {
         (len <= self.cap / 2 && pos.checked_add(4 + len)? <= tail).then_some(len)
     }
 
-    /// Recounts the items from the frames between head and tail; an
-    /// insane state (only a foreign writer could make one) empties the
-    /// queue. Called with the lock held.
-    fn repair(&self) {
-        let head = self.head().load(Ordering::Relaxed);
-        let tail = self.tail().load(Ordering::Relaxed);
-        let mut n: u32 = 0;
-        let mut pos = head;
-        let sane = self.used().is_some()
-            && loop {
-                if pos == tail {
-                    break true;
-                }
-                match self.frame_at(pos, tail) {
-                    Some(len) => {
-                        pos += 4 + len;
-                        n = n.saturating_add(1);
-                    }
-                    None => break false,
-                }
-            };
-        if sane {
-            self.count().store(n, Ordering::Release);
-        } else {
-            self.reset();
+    /// Whether a frame of `need` bytes fits at `tail` (after `puts`
+    /// items) given the consumers' `head` and `gets`; `None` if they make
+    /// no sense.
+    fn fits(&self, tail: u64, puts: u64, head: u64, gets: u64, need: u64) -> Option<bool> {
+        let used = tail.checked_sub(head).filter(|u| *u <= self.cap)?;
+        let count = puts.checked_sub(gets)?;
+        Some(
+            (self.maxsize == 0 || count < u64::from(self.maxsize))
+                && count < u64::from(u32::MAX)
+                && used + need <= self.cap,
+        )
+    }
+
+    /// Room for a frame of `need` bytes at `tail`, with the tail lock held:
+    /// from the consumers' values seen last, and read again only if those
+    /// say no. `None`: insane.
+    fn room(&self, tail: u64, need: u64) -> Option<bool> {
+        let puts = self.puts().load(Ordering::Relaxed);
+        let (head, gets) = (
+            self.head_seen().load(Ordering::Relaxed),
+            self.gets_seen().load(Ordering::Relaxed),
+        );
+        if self.fits(tail, puts, head, gets, need) == Some(true) {
+            return Some(true);
         }
+        // `gets` before `head`: a consumer publishes `head` first, so this
+        // pair never counts fewer items than there are.
+        let gets = self.gets().load(Ordering::Acquire);
+        let head = self.head().load(Ordering::Acquire);
+        self.head_seen().store(head, Ordering::Relaxed);
+        self.gets_seen().store(gets, Ordering::Relaxed);
+        self.fits(tail, puts, head, gets, need)
     }
 
-    /// Drops everything (a corrupt state) and wakes every putter.
-    fn reset(&self) {
-        self.head()
-            .store(self.tail().load(Ordering::Relaxed), Ordering::Release);
-        self.count().store(0, Ordering::Release);
-        self.signal(self.not_full(), self.sleeping_putters(), true);
-    }
-
-    fn unlock(&self) {
-        self.core.release();
-    }
-
-    /// Sleeps on `word` (its value read under the lock, which is released
-    /// around the sleep) until woken, `deadline`, or the recheck interval.
-    /// Returns with the lock held again, or `false` if it could not be.
-    fn sleep(&self, word: &AtomicU32, sleepers: &AtomicU32, deadline: Option<Instant>) -> bool {
-        let seen = word.load(Ordering::Acquire);
-        sleepers.fetch_add(1, Ordering::AcqRel);
-        self.unlock();
+    /// Sleeps on `end`'s word, which read `seen` before the caller last
+    /// looked, with `end`'s lock released around the sleep: announces itself
+    /// first, then looks once more (`ready`), so that the other end, which
+    /// publishes and then looks for sleepers, cannot miss it. Returns with
+    /// the lock held again, or `false` if it could not be retaken.
+    fn sleep(
+        &self,
+        end: End,
+        seen: u32,
+        deadline: Option<Instant>,
+        ready: impl Fn() -> bool,
+    ) -> bool {
+        let (word, sleepers) = match end {
+            End::Put => (self.not_full(), self.sleeping_putters()),
+            End::Get => (self.not_empty(), self.sleeping_getters()),
+        };
+        sleepers.fetch_add(1, Ordering::SeqCst);
+        if ready() || self.is_closed() {
+            sleepers.fetch_sub(1, Ordering::SeqCst);
+            return true;
+        }
+        self.unlock(end);
         let recheck = Instant::now() + RECHECK;
         os::futex_wait(
             word,
             seen,
             Some(deadline.map_or(recheck, |d| d.min(recheck))),
         );
-        sleepers.fetch_sub(1, Ordering::AcqRel);
-        self.lock(None)
+        sleepers.fetch_sub(1, Ordering::SeqCst);
+        self.lock(end, None)
     }
 
-    /// Wakes sleepers of `word`. Called with the lock held: a thread about
-    /// to sleep counts itself in `sleepers` under the lock before releasing
-    /// it, so with no sleeper counted nobody can miss this change, and the
-    /// uncontended path costs no atomic read-modify-write and no syscall.
-    fn signal(&self, word: &AtomicU32, sleepers: &AtomicU32, all: bool) {
-        if sleepers.load(Ordering::Acquire) != 0 {
-            word.fetch_add(1, Ordering::Release);
+    /// After publishing (and releasing the lock): wakes sleepers of the
+    /// other end, if any. The fence pairs with the sleeper's announcement.
+    fn signal(&self, end: End) {
+        fence(Ordering::SeqCst);
+        let (word, sleepers, all) = match end {
+            End::Put => (self.not_full(), self.sleeping_putters(), true),
+            End::Get => (self.not_empty(), self.sleeping_getters(), false),
+        };
+        if sleepers.load(Ordering::Relaxed) != 0 {
+            word.fetch_add(1, Ordering::SeqCst);
             os::futex_wake(word, if all { os::WAKE_ALL } else { 1 });
         }
     }
 
     /// The number of items in the queue now.
     pub fn len(&self) -> usize {
-        self.count().load(Ordering::Acquire) as usize
+        // `gets` first: both only grow, so this never goes below zero.
+        let gets = self.gets().load(Ordering::Acquire);
+        let puts = self.puts().load(Ordering::Acquire);
+        usize::try_from(puts.saturating_sub(gets)).unwrap_or(usize::MAX)
     }
 
     /// Whether the queue is empty now.
@@ -478,20 +637,16 @@ impl<T> Queue<T> {
 
     /// Whether the queue was closed.
     pub fn is_closed(&self) -> bool {
-        self.closed().load(Ordering::Acquire) != 0
+        self.closed().load(Ordering::SeqCst) != 0
     }
 
     /// Closes the queue: every `put` fails from now on, `get` drains what
     /// is left and then fails; blocked callers wake with `Closed`.
     pub fn close(&self) {
-        let locked = self.lock(None);
-        self.closed().store(1, Ordering::Release);
+        self.closed().store(1, Ordering::SeqCst);
         for word in [self.not_empty(), self.not_full()] {
-            word.fetch_add(1, Ordering::Release);
+            word.fetch_add(1, Ordering::SeqCst);
             os::futex_wake(word, os::WAKE_ALL);
-        }
-        if locked {
-            self.unlock();
         }
     }
 }
@@ -567,7 +722,7 @@ impl<T: Serialize> Queue<T> {
             // failed only now): nothing was published; take the slow path,
             // which encodes once.
             Ok(_) => {
-                self.unlock();
+                self.unlock(End::Put);
                 let bytes = match crate::task::encode(&value) {
                     Ok(b) => b,
                     Err(reason) => return Err(PutError::Encode { value, reason }),
@@ -577,7 +732,7 @@ impl<T: Serialize> Queue<T> {
                     .map_err(|e| self.put_error(e, value, size))
             }
             Err(panic) => {
-                self.unlock();
+                self.unlock(End::Put);
                 std::panic::resume_unwind(panic)
             }
         }
@@ -617,15 +772,12 @@ impl<T> Queue<T> {
     /// Waits (up to `deadline`) until an item is there or the queue is
     /// closed, taking nothing; true when either holds. For `get_async`.
     fn wait_item(&self, deadline: Instant) -> bool {
-        let seen = self.wait_for(deadline, self.not_empty(), self.sleeping_getters(), |q| {
-            q.count().load(Ordering::Relaxed) > 0
-        });
-        if seen && self.lock(Some(deadline)) {
+        let seen = self.wait_for(End::Get, deadline, |q| !q.is_empty());
+        if seen {
             // A put wakes one sleeper; this helper may have been it, for a
             // future that is gone. Pass the wake on to any getter still
             // asleep (at worst it wakes, looks, and sleeps again).
-            self.signal(self.not_empty(), self.sleeping_getters(), false);
-            self.unlock();
+            self.signal(End::Get);
         }
         seen
     }
@@ -633,32 +785,38 @@ impl<T> Queue<T> {
     /// Waits (up to `deadline`) until there is room for a message of `len`
     /// encoded bytes, or the queue is closed. For `put_async`.
     fn wait_room(&self, deadline: Instant, len: u64) -> bool {
-        self.wait_for(deadline, self.not_full(), self.sleeping_putters(), |q| {
-            let count = q.count().load(Ordering::Relaxed);
-            (q.maxsize == 0 || count < q.maxsize) && q.used().is_some_and(|u| u + 4 + len <= q.cap)
+        self.wait_for(End::Put, deadline, |q| {
+            let gets = q.gets().load(Ordering::Acquire);
+            let head = q.head().load(Ordering::Acquire);
+            q.fits(
+                q.tail().load(Ordering::Acquire),
+                q.puts().load(Ordering::Acquire),
+                head,
+                gets,
+                4 + len,
+            ) != Some(false)
         })
     }
 
-    fn wait_for(
-        &self,
-        deadline: Instant,
-        word: &AtomicU32,
-        sleepers: &AtomicU32,
-        ready: impl Fn(&Self) -> bool,
-    ) -> bool {
-        if !self.lock(Some(deadline)) {
+    fn wait_for(&self, end: End, deadline: Instant, ready: impl Fn(&Self) -> bool) -> bool {
+        if !self.lock(end, Some(deadline)) {
             return false;
         }
+        let word = match end {
+            End::Put => self.not_full(),
+            End::Get => self.not_empty(),
+        };
         loop {
+            let seen = word.load(Ordering::SeqCst);
             if self.is_closed() || ready(self) {
-                self.unlock();
+                self.unlock(end);
                 return true;
             }
             if Instant::now() >= deadline {
-                self.unlock();
+                self.unlock(end);
                 return false;
             }
-            if !self.sleep(word, sleepers, Some(deadline)) {
+            if !self.sleep(end, seen, Some(deadline), || ready(self)) {
                 return false;
             }
         }
@@ -681,60 +839,118 @@ impl<T> Queue<T> {
         Ok(())
     }
 
-    /// Takes the lock and waits (if `wait`, up to `deadline`) until a
+    /// Takes the tail lock and waits (if `wait`, up to `deadline`) until a
     /// frame of `need` bytes fits; returns where it goes, with the lock
     /// held. On an error the lock is released.
     fn reserve(&self, need: u64, deadline: Option<Instant>, wait: bool) -> Result<u64, RawPut> {
-        if !self.lock(deadline) {
+        if !self.lock(End::Put, deadline) {
             return Err(RawPut::Timeout);
         }
         loop {
+            // Read before looking, for `sleep`: a get after the look
+            // changes it, so the sleep cannot miss that get.
+            let seen = self.not_full().load(Ordering::SeqCst);
             if self.is_closed() {
-                self.unlock();
+                self.unlock(End::Put);
                 return Err(RawPut::Closed);
             }
-            let Some(used) = self.used() else {
-                // Insane head/tail (a foreign writer): start over.
-                self.reset();
-                continue;
-            };
-            let count = self.count().load(Ordering::Relaxed);
-            let full = (self.maxsize != 0 && count >= self.maxsize)
-                || count == u32::MAX
-                || used + need > self.cap;
-            if !full {
-                break;
+            let tail = self.tail().load(Ordering::Relaxed);
+            match self.room(tail, need) {
+                Some(true) => return Ok(tail),
+                Some(false) => {}
+                None => {
+                    self.unlock(End::Put);
+                    self.repair();
+                    if !self.lock(End::Put, deadline) {
+                        return Err(RawPut::Timeout);
+                    }
+                    continue;
+                }
             }
             if !wait {
-                self.unlock();
+                self.unlock(End::Put);
                 return Err(RawPut::Full);
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
-                self.unlock();
+                self.unlock(End::Put);
                 return Err(RawPut::Timeout);
             }
-            if !self.sleep(self.not_full(), self.sleeping_putters(), deadline) {
+            let ready = || self.room(tail, need) != Some(false);
+            if !self.sleep(End::Put, seen, deadline, ready) {
                 return Err(RawPut::Timeout);
             }
         }
-        Ok(self.tail().load(Ordering::Relaxed))
     }
 
-    /// Publishes the frame of `need` bytes written at `tail`, wakes a
-    /// getter and releases the lock.
+    /// Publishes the frame of `need` bytes written at `tail`, releases the
+    /// tail lock and wakes a getter.
     fn commit(&self, tail: u64, need: u64) {
-        // Publish last: a producer that dies before this line left nothing.
-        self.tail().store(tail + need, Ordering::Release);
-        // Under the lock, a plain update (atomic only for lock-free readers
-        // of `len`).
-        self.count()
-            .store(self.count().load(Ordering::Relaxed) + 1, Ordering::Release);
-        if self.joinable().load(Ordering::Relaxed) != 0 {
+        let joinable = self.joinable().load(Ordering::Relaxed) != 0;
+        if joinable {
+            // Counted before it can be taken (a `task_done` for it must
+            // not come first); `pending` lets a repair uncount it if this
+            // producer dies before publishing.
+            self.pending().store(tail + 1, Ordering::Relaxed);
             self.unfinished().fetch_add(1, Ordering::AcqRel);
         }
-        self.signal(self.not_empty(), self.sleeping_getters(), false);
-        self.unlock();
+        // Publish last: a producer that dies before this line left nothing.
+        self.tail().store(tail + need, Ordering::Release);
+        // Under the tail lock, a plain update (atomic for the consumers).
+        self.puts()
+            .store(self.puts().load(Ordering::Relaxed) + 1, Ordering::Release);
+        if joinable {
+            self.pending().store(0, Ordering::Relaxed);
+        }
+        self.unlock(End::Put);
+        self.signal(End::Get);
     }
+
+    /// With the head lock held, after the ring emptied at `at`: if the
+    /// producers are idle too, start the ring over at 0, so that a queue
+    /// that keeps draining reuses the first pages of its ring instead of
+    /// touching fresh pages all the way round (for the 1 GiB ring of an
+    /// unbounded queue: a page fault per 4 KiB that flows, and up to 1 GiB
+    /// of shared memory kept). Only tries the tail lock.
+    #[cold]
+    fn rewind(&self, at: u64) {
+        match self.core.acquire(None, false) {
+            Ok(()) => {}
+            // Ours, with both locks: recount now (releasing it would hide
+            // the dead producer from the next one).
+            Err(LockError::Poisoned { .. }) => {
+                self.recount();
+                self.core.release();
+                return;
+            }
+            Err(_) => return,
+        }
+        if self.tail().load(Ordering::Relaxed) == at {
+            // In an order that a consumer dying between any two stores
+            // leaves either consistent or insane (tail < head, or a seen
+            // value above the real one), which the next locker repairs.
+            self.tail_seen().store(0, Ordering::Relaxed);
+            self.tail().store(0, Ordering::Release);
+            self.head().store(0, Ordering::Release);
+            self.head_seen().store(0, Ordering::Relaxed);
+        }
+        self.core.release();
+    }
+}
+
+/// A message taken under the head lock: decoded where it lay (or the
+/// decoder's panic), or its bytes copied out to decode after the lock.
+enum Decoded<T> {
+    Now(std::thread::Result<Result<T, String>>),
+    Later(Vec<u8>),
+}
+
+/// A queue's two ends, each with its own lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The producers: tail, puts.
+    Put,
+    /// The consumers: head, gets.
+    Get,
 }
 
 /// Counts the bytes an encoding would take, storing none.
@@ -837,6 +1053,12 @@ impl<T: Serialize + 'static> Queue<T> {
 
 impl<T: DeserializeOwned> Queue<T> {
     /// Takes the next item, waiting while the queue is empty.
+    ///
+    /// The item is usually decoded where it lies in shared memory, under
+    /// the consumers' lock (one copy of its bytes): a `Deserialize` that
+    /// blocks holds up the queue's other consumers (never its producers).
+    /// One that panics takes the item off the queue, as one that fails to
+    /// decode does, and leaves the queue unlocked.
     pub fn get(&self) -> Result<T, GetError> {
         self.get_until(None, true)
     }
@@ -852,64 +1074,96 @@ impl<T: DeserializeOwned> Queue<T> {
     }
 
     fn get_until(&self, deadline: Option<Instant>, wait: bool) -> Result<T, GetError> {
-        if wait && self.count().load(Ordering::Acquire) == 0 {
+        if wait && self.is_empty() {
             // Empty: an item is usually microseconds away (see `backoff`).
-            poll_briefly(|| self.count().load(Ordering::Acquire) != 0 || self.is_closed());
+            poll_briefly(|| !self.is_empty() || self.is_closed());
         }
-        if !self.lock(deadline) {
+        if !self.lock(End::Get, deadline) {
             return Err(GetError::Timeout);
         }
-        loop {
-            if self.count().load(Ordering::Relaxed) > 0 {
-                break;
+        let (head, tail) = loop {
+            // Read before looking, for `sleep` (as in `reserve`).
+            let seen = self.not_empty().load(Ordering::SeqCst);
+            let head = self.head().load(Ordering::Relaxed);
+            let mut tail = self.tail_seen().load(Ordering::Relaxed);
+            if head >= tail {
+                tail = self.tail().load(Ordering::Acquire);
+                self.tail_seen().store(tail, Ordering::Relaxed);
+            }
+            if tail.checked_sub(head).is_none_or(|u| u > self.cap) {
+                // Insane (a consumer died mid-rewind): repair, look again.
+                self.unlock(End::Get);
+                self.repair();
+                if !self.lock(End::Get, deadline) {
+                    return Err(GetError::Timeout);
+                }
+                continue;
+            }
+            if head < tail {
+                break (head, tail);
             }
             if self.is_closed() {
-                self.unlock();
+                self.unlock(End::Get);
                 return Err(GetError::Closed);
             }
             if !wait {
-                self.unlock();
+                self.unlock(End::Get);
                 return Err(GetError::Empty);
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
-                self.unlock();
+                self.unlock(End::Get);
                 return Err(GetError::Timeout);
             }
-            if !self.sleep(self.not_empty(), self.sleeping_getters(), deadline) {
+            let ready = || self.tail().load(Ordering::SeqCst) != head;
+            if !self.sleep(End::Get, seen, deadline, ready) {
                 return Err(GetError::Timeout);
             }
-        }
-        let head = self.head().load(Ordering::Relaxed);
-        let tail = self.tail().load(Ordering::Relaxed);
-        let Some(len) = self.used().and_then(|_| self.frame_at(head, tail)) else {
+        };
+        let Some(len) = self.frame_at(head, tail) else {
             // Corrupt state (only a foreign writer could cause it): drop
             // everything rather than read out of bounds or garbage.
-            self.reset();
-            self.unlock();
+            self.unlock(End::Get);
+            self.repair();
             return Err(GetError::Decode(
                 "corrupt queue state; the queue was reset".to_owned(),
             ));
         };
-        let bytes = self.read_vec(head + 4, len as usize);
+        // A frame in one piece is decoded where it lies, under the head
+        // lock: one copy (into the value) instead of two. Producers do not
+        // wait for it (they hold the other lock); only other consumers do,
+        // as they would for the copy out. One that wraps the ring's end is
+        // copied out, and decoded after the lock.
+        let off = ((head + 4) & (self.cap - 1)) as usize;
+        let decoded = if off + len as usize <= self.cap as usize {
+            // SAFETY: `off + len <= cap`: inside the ring. The frame lies
+            // between head and tail: producers write only past the tail,
+            // and other consumers wait for the head lock we hold, so
+            // nobody writes these bytes while the slice lives.
+            let frame = unsafe { std::slice::from_raw_parts(self.ring().add(off), len as usize) };
+            Decoded::Now(catch_unwind(AssertUnwindSafe(|| {
+                crate::task::decode::<T>(frame)
+            })))
+        } else {
+            Decoded::Later(self.read_vec(head + 4, len as usize))
+        };
+        let next = head + 4 + len;
         // Publish last: a consumer that dies before this line took nothing.
-        self.head().store(head + 4 + len, Ordering::Release);
-        self.count()
-            .store(self.count().load(Ordering::Relaxed) - 1, Ordering::Release);
-        if head + 4 + len == tail {
-            // Empty: rewind, so that a queue that drains keeps reusing the
-            // start of its ring instead of touching fresh pages of shared
-            // memory all the way round (for the 1 GiB ring of an unbounded
-            // queue: a page fault per 4 KiB that flows, and up to 1 GiB of
-            // shared memory kept). Tail first: a consumer that dies between
-            // the two stores leaves tail < head, which the next locker sees
-            // as insane and resets to empty, which it is.
-            self.tail().store(0, Ordering::Release);
-            self.head().store(0, Ordering::Release);
+        self.head().store(next, Ordering::Release);
+        self.gets()
+            .store(self.gets().load(Ordering::Relaxed) + 1, Ordering::Release);
+        if next == tail && next >= REWIND_AT && self.cap > REWIND_AT {
+            self.rewind(next);
         }
+        self.unlock(End::Get);
         // Every putter: each waits for its own amount of room.
-        self.signal(self.not_full(), self.sleeping_putters(), true);
-        self.unlock();
-        crate::task::decode(&bytes).map_err(GetError::Decode)
+        self.signal(End::Put);
+        match decoded {
+            Decoded::Now(Ok(r)) => r.map_err(GetError::Decode),
+            // A `Deserialize` that panicked: the item was taken (as one
+            // that fails to decode is), the lock released; the panic goes on.
+            Decoded::Now(Err(panic)) => std::panic::resume_unwind(panic),
+            Decoded::Later(bytes) => crate::task::decode(&bytes).map_err(GetError::Decode),
+        }
     }
 }
 

@@ -28,6 +28,7 @@ mod shared;
 mod value;
 
 pub(crate) use lock::{LOCK_BODY, LockCore};
+pub(crate) use robust::{Acquired, RawMutex};
 pub(crate) use shared::{Kind, Region};
 
 pub use barrier::{Barrier, BarrierError, Party};
