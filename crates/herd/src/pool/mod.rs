@@ -273,14 +273,19 @@ where
         let r = catch_unwind(AssertUnwindSafe(move || f.call(args)))
             .map_err(|p| TaskError::Panicked(PanicReport::from_payload(&*p)));
         let failed = r.is_err();
-        self.slot.fill(r);
+        // The fill wakes the caller's waker, which may panic: not the
+        // worker's business.
+        let _ = catch_unwind(AssertUnwindSafe(|| self.slot.fill(r)));
         failed
     }
 
     fn fail(&self, error: TaskError) {
         // Failed before it started: it never runs (no side effects after
         // its failure was reported).
-        self.started.store(true, Ordering::Release);
+        if !self.started.swap(true, Ordering::AcqRel) {
+            // SAFETY: the swap made this call the only one past it.
+            drop(unsafe { (*self.input.get()).take() });
+        }
         self.slot.fill(Err(error));
     }
 }

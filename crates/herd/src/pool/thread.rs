@@ -71,6 +71,9 @@ struct State {
     terminated: bool,
     broken: Option<TaskError>,
     timer: bool,
+    /// Jobs taken by the timer or `terminate` whose completions have not
+    /// run yet (for `join`).
+    completing: usize,
 }
 
 struct Shared {
@@ -111,7 +114,7 @@ impl Shared {
             worker_pid: None,
             error: error.clone(),
         });
-        done.call(JobResult::Failed(error));
+        complete(done, JobResult::Failed(error));
     }
 
     /// Closes the way in (under `st`, so no submitter sends after it).
@@ -125,6 +128,13 @@ impl Shared {
             self.fail(job.id, job.done, error.clone());
         }
     }
+}
+
+/// Runs a job's completion. It fills a result slot, whose waker is the
+/// caller's code and may panic: that must not unwind through a worker (a
+/// dead worker that still counts), the timer or `terminate`.
+fn complete(done: Completion, result: JobResult) {
+    let _ = catch_unwind(AssertUnwindSafe(move || done.call(result)));
 }
 
 /// Starts one worker thread (the caller counted it in `threads`).
@@ -225,8 +235,18 @@ fn worker(shared: &Arc<Shared>, me: u64, cell: &Cell) {
                 timeout: timeout.unwrap_or_default(),
             });
         }
-        if deadline.is_some() {
-            watch_deadline(shared);
+        if deadline.is_some() && !watch_deadline(shared) {
+            // No timer can enforce the deadline: fail the job before it runs.
+            if let Some(r) = cell.lock().take() {
+                shared.fail(
+                    id,
+                    r.done,
+                    TaskError::WorkerStart(
+                        "the pool's timer thread could not be started".to_owned(),
+                    ),
+                );
+                continue;
+            }
         }
         shared.cfg.events.emit(|| TaskEvent::Started {
             id,
@@ -255,7 +275,7 @@ fn worker(shared: &Arc<Shared>, me: u64, cell: &Cell) {
         let mine = cell.lock().take();
         if let Some(r) = mine {
             shared.cfg.events.finished(id, shared.pid, &result);
-            r.done.call(result);
+            complete(r.done, result);
         }
         if cell.abandoned.load(Ordering::SeqCst) {
             leave(shared, me, false);
@@ -266,13 +286,13 @@ fn worker(shared: &Arc<Shared>, me: u64, cell: &Cell) {
             // Replace this thread (fresh thread-locals) and leave; the
             // replacement takes over this one's place in the count.
             let mut st = shared.lock();
+            let counted = st.terminated;
             if !st.terminated {
-                st.threads += 1;
                 start_thread(shared, &mut st);
             }
             drop(st);
             drain_if_halted(shared);
-            leave(shared, me, true);
+            leave(shared, me, counted);
             return;
         }
     }
@@ -281,7 +301,7 @@ fn worker(shared: &Arc<Shared>, me: u64, cell: &Cell) {
 
 /// A job with a deadline started: make sure the timer runs and looks.
 #[cold]
-fn watch_deadline(shared: &Arc<Shared>) {
+fn watch_deadline(shared: &Arc<Shared>) -> bool {
     let mut st = shared.lock();
     if !st.timer {
         st.timer = true;
@@ -297,6 +317,7 @@ fn watch_deadline(shared: &Arc<Shared>) {
     // Notified under the lock the timer holds from its scan to its wait,
     // so the wake cannot fall between them.
     shared.timer.notify_all();
+    st.timer
 }
 
 /// Fails tasks past their deadline and replaces their threads.
@@ -322,6 +343,8 @@ fn timer(shared: &Arc<Shared>) {
             }
         }
         if !fired.is_empty() {
+            st.completing += fired.len();
+            let n = fired.len();
             for _ in &fired {
                 // The abandoned thread no longer counts; its replacement
                 // does (after `close` too: jobs may still be queued).
@@ -336,10 +359,11 @@ fn timer(shared: &Arc<Shared>) {
                     worker_pid: Some(shared.pid),
                     error: error.clone(),
                 });
-                r.done.call(JobResult::Failed(error));
+                complete(r.done, JobResult::Failed(error));
             }
-            shared.changed.notify_all();
             st = shared.lock();
+            st.completing -= n;
+            shared.changed.notify_all();
             continue;
         }
         let wait = next.map_or(Duration::from_millis(100), |d| {
@@ -371,6 +395,7 @@ impl Engine {
                 terminated: false,
                 broken: None,
                 timer: false,
+                completing: 0,
             }),
             changed: Condvar::new(),
             timer: Condvar::new(),
@@ -438,7 +463,9 @@ impl Engine {
         // Every job sent is completed before the last counted thread
         // leaves (a closed channel ends only when empty), or was failed
         // by the timer or `terminate` already.
-        if super::wait_for(&self.shared.changed, st, deadline, |st| st.threads == 0) {
+        if super::wait_for(&self.shared.changed, st, deadline, |st| {
+            st.threads == 0 && st.completing == 0
+        }) {
             Ok(())
         } else {
             Err(PoolError::Timeout)
@@ -466,7 +493,9 @@ impl Engine {
                 }
             }
             st.threads = st.threads.saturating_sub(abandoned);
+            st.completing += taken.len();
         }
+        let n = taken.len();
         shared.drain(&TaskError::Terminated);
         for r in taken {
             shared.cfg.events.emit(|| TaskEvent::Failed {
@@ -474,8 +503,9 @@ impl Engine {
                 worker_pid: Some(shared.pid),
                 error: TaskError::Terminated,
             });
-            r.done.call(JobResult::Failed(TaskError::Terminated));
+            complete(r.done, JobResult::Failed(TaskError::Terminated));
         }
+        shared.lock().completing -= n;
         shared.timer.notify_all();
         shared.changed.notify_all();
     }
