@@ -68,6 +68,11 @@ pub(crate) struct Claim<F, A, R> {
     inputs: Buffer<A>,
     /// The values; index `i` is written by the job that claimed it.
     outputs: Buffer<R>,
+    /// `outputs` is `inputs`' own buffer: `A` and `R` have the same size
+    /// and alignment, so each value is written where its input was (read
+    /// out first). One allocation, and no fresh pages to fault in: for a
+    /// million `u64`s, 8 MB fewer.
+    shared: bool,
     /// The next index to claim (it runs past the end as jobs find none).
     next: AtomicUsize,
     chunk: usize,
@@ -121,11 +126,24 @@ where
     /// `items` shared by `jobs` jobs taking `chunk` at a time.
     pub(crate) fn new(items: Vec<A>, chunk: usize, jobs: usize) -> Self {
         let len = items.len();
+        let inputs = Buffer::from_vec(items);
+        let shared = std::mem::size_of::<A>() == std::mem::size_of::<R>()
+            && std::mem::align_of::<A>() == std::mem::align_of::<R>()
+            && std::mem::size_of::<A>() != 0;
+        let outputs = if shared {
+            Buffer {
+                ptr: inputs.ptr.cast(),
+                cap: inputs.cap,
+            }
+        } else {
+            Buffer::with_capacity(len)
+        };
         Self {
             f: PhantomData,
             len,
-            inputs: Buffer::from_vec(items),
-            outputs: Buffer::with_capacity(len),
+            inputs,
+            outputs,
+            shared,
             next: AtomicUsize::new(0),
             // At most `len`: `next` then stays far from overflowing (each
             // job adds at most one chunk past the end), so a claimed index
@@ -250,7 +268,9 @@ where
         if taken == self.len && errors.is_empty() && failure.is_none() {
             // SAFETY: all `len` values were written (every index below
             // `taken` holds one, no error); the buffer came from a
-            // `Vec<R>` with capacity `outputs.cap`; `settled` keeps `Drop`
+            // `Vec<R>` with capacity `outputs.cap` — or, shared, from a
+            // `Vec<A>` of that capacity, whose allocation has the same
+            // layout (same size and alignment); `settled` keeps `Drop`
             // from touching it again.
             let values = unsafe {
                 Vec::from_raw_parts(self.outputs.ptr.cast::<R>(), self.len, self.outputs.cap)
@@ -258,8 +278,8 @@ where
             return Some(Ok(values));
         }
         errors.sort_unstable_by_key(|(i, _)| *i);
-        // SAFETY: as above, this thread is alone with the buffer.
-        unsafe { drop_values(&self.outputs, taken, &errors) };
+        // SAFETY: as above, this thread is alone with the buffers.
+        unsafe { self.release(taken, &errors) };
         // Items go unclaimed only after a job failed, which set `failure`.
         let first = failure
             .or_else(|| errors.into_iter().next().map(|(_, e)| e))
@@ -290,9 +310,49 @@ unsafe fn drop_values<R>(out: &Buffer<R>, taken: usize, errors: &[(usize, TaskEr
     drop(unsafe { Vec::from_raw_parts(out.ptr.cast::<R>(), 0, out.cap) });
 }
 
+impl<F, A, R> Claim<F, A, R> {
+    /// Drops every value written below `taken` (all but the failed
+    /// indices, `errors` sorted by index) and, in a shared buffer, the
+    /// inputs never claimed; frees the output buffer (the shared one).
+    ///
+    /// # Safety
+    ///
+    /// The caller is alone with the buffers, the written indices are
+    /// exactly those below `taken` not in `errors`, and the output buffer
+    /// is not used again.
+    unsafe fn release(&self, taken: usize, errors: &[(usize, TaskError)]) {
+        if self.shared {
+            for i in taken..self.len {
+                // SAFETY: index `i >= taken` was never claimed: it still
+                // holds its input (the caller's contract).
+                unsafe { (*self.inputs.ptr.add(i)).assume_init_drop() };
+            }
+        }
+        // SAFETY: forwarded to the caller.
+        unsafe { drop_values(&self.outputs, taken, errors) };
+    }
+}
+
 impl<F, A, R> Drop for Claim<F, A, R> {
     fn drop(&mut self) {
         let taken = (*self.next.get_mut()).min(self.len);
+        let settled = *self.settled.get_mut();
+        if self.shared {
+            // One buffer: handed over or freed by `finish` if settled.
+            if !settled {
+                let mut errors = std::mem::take(
+                    self.errors
+                        .get_mut()
+                        .unwrap_or_else(PoisonError::into_inner),
+                );
+                errors.sort_unstable_by_key(|(i, _)| *i);
+                // SAFETY: `&mut self`: alone with the buffer, used no more;
+                // below `taken` are values (or failed, empty), above it
+                // inputs.
+                unsafe { self.release(taken, &errors) };
+            }
+            return;
+        }
         // Inputs never claimed are still here; the rest were moved out.
         for i in taken..self.len {
             // SAFETY: `&mut self`: no job runs; index `i >= taken` was
@@ -302,7 +362,7 @@ impl<F, A, R> Drop for Claim<F, A, R> {
         // SAFETY: the buffer came from the caller's `Vec<A>`; every
         // element is dropped or moved out; length 0 frees it only.
         drop(unsafe { Vec::from_raw_parts(self.inputs.ptr.cast::<A>(), 0, self.inputs.cap) });
-        if !*self.settled.get_mut() {
+        if !settled {
             // `finish` never ran to the end (a job was lost): the values
             // written so far are dropped here.
             let errors = std::mem::take(
@@ -351,6 +411,20 @@ mod tests {
         Tracked::new(t.0 * 2)
     }
 
+    fn widen(t: Tracked) -> (Tracked, u64) {
+        let d = double(t);
+        let n = u64::from(d.0) / 2;
+        (d, n)
+    }
+
+    fn job_wide(
+        c: &Claim<fn(Tracked) -> (Tracked, u64), (Tracked,), (Tracked, u64)>,
+    ) -> Option<Result<Vec<(Tracked, u64)>, TaskError>> {
+        let s = JobState::new();
+        assert!(c.run_job(widen, &s).is_none());
+        c.complete_job(&s, None)
+    }
+
     fn inputs(n: u32) -> Vec<(Tracked,)> {
         (0..n).map(|i| (Tracked::new(i),)).collect()
     }
@@ -369,8 +443,10 @@ mod tests {
     // once.
     #[test]
     fn every_value_is_dropped_exactly_once() {
-        // All succeed, two jobs sharing chunks of 3.
+        // All succeed, two jobs sharing chunks of 3 (inputs and values of
+        // one layout: one buffer).
         let c = C::new(inputs(13), 3, 2);
+        assert!(c.shared);
         let (s1, s2) = (JobState::new(), JobState::new());
         std::thread::scope(|s| {
             s.spawn(|| assert!(c.run_job(F, &s1).is_none()));
@@ -433,6 +509,28 @@ mod tests {
         assert_eq!(CALLS.load(Ordering::SeqCst) - calls, 3, "each item once");
         drop(got);
         drop(c);
+        assert_eq!(LIVE.load(Ordering::SeqCst), 0);
+
+        // Inputs and values of different layouts (two buffers): a panic,
+        // then a lost job.
+        type Wide = Claim<fn(Tracked) -> (Tracked, u64), (Tracked,), (Tracked, u64)>;
+        const W: fn(Tracked) -> (Tracked, u64) = widen;
+        let c = Wide::new(inputs(20), 3, 1);
+        assert!(!c.shared);
+        let s = JobState::new();
+        assert!(c.run_job(W, &s).is_none());
+        assert!(c.complete_job(&s, None).unwrap().is_err(), "13 is cursed");
+        drop(c);
+        assert_eq!(LIVE.load(Ordering::SeqCst), 0);
+        let c = Wide::new(inputs(6), 2, 2);
+        let s = JobState::new();
+        assert!(c.run_job(W, &s).is_none());
+        drop(c);
+        assert_eq!(LIVE.load(Ordering::SeqCst), 0);
+        let c = Wide::new(inputs(6), 2, 1);
+        let got = job_wide(&c).unwrap().unwrap();
+        assert_eq!(got.iter().map(|t| t.1).sum::<u64>(), 15);
+        drop((got, c));
         assert_eq!(LIVE.load(Ordering::SeqCst), 0);
 
         // Dropped without a finish (a lost job): values written so far and
