@@ -59,6 +59,10 @@ const BOUNDED_BYTES: u64 = 64 << 20;
 ///      sleeping_putters, unfinished, joinable (u32)
 /// ```
 const STATE: usize = 256;
+/// The count of unfinished items, in the `unfinished` word.
+const UNFINISHED: u32 = !PENDING;
+/// In the `unfinished` word: a put counted its item and has not published it.
+const PENDING: u32 = 1 << 31;
 /// A ring that empties past this position starts over at 0 (if the
 /// producers are idle).
 const REWIND_AT: u64 = 256 << 10;
@@ -305,8 +309,9 @@ impl<T> Queue<T> {
     fn gets_seen(&self) -> &AtomicU64 {
         self.word64(24)
     }
-    /// 1 + the tail of a put that counted its item unfinished and has not
-    /// published it yet (0: none); for the repair of a `JoinableQueue`.
+    /// The tail a put that counted its item unfinished is publishing at
+    /// (meaningful while `unfinished` has `PENDING`); for the repair of a
+    /// `JoinableQueue`.
     fn pending(&self) -> &AtomicU64 {
         self.word64(32)
     }
@@ -348,7 +353,9 @@ impl<T> Queue<T> {
     fn sleeping_putters(&self) -> &AtomicU32 {
         self.word32(208)
     }
-    /// Items put and not yet marked done (`JoinableQueue`).
+    /// Items put and not yet marked done (`JoinableQueue`; the low 31
+    /// bits), and `PENDING` while a put that counted one has not published
+    /// it.
     fn unfinished(&self) -> &AtomicU32 {
         self.word32(212)
     }
@@ -412,34 +419,33 @@ impl<T> Queue<T> {
 
     /// Takes one end's lock. A dead previous holder left the positions
     /// consistent (each side publishes last), but perhaps not the counts:
-    /// the lock is released and both are recounted under both locks.
+    /// they are recounted before this returns, the lock never released in
+    /// between (another user of this end would otherwise work on the dead
+    /// holder's state before the repair).
     fn lock(&self, end: End, deadline: Option<Instant>) -> bool {
-        loop {
-            let clean = match end {
-                End::Put => match self.core.acquire(deadline, true) {
-                    Ok(()) => true,
-                    Err(LockError::Poisoned { .. }) => false,
+        let clean = match end {
+            End::Put => match self.core.acquire(deadline, true) {
+                Ok(()) => true,
+                Err(LockError::Poisoned { .. }) => false,
+                Err(_) => return false,
+            },
+            End::Get => {
+                let raw = self.head_lock();
+                let got = match raw.try_free() {
+                    Some(a) => Ok(a),
+                    None => raw.lock(false, deadline, None, || false),
+                };
+                match got {
+                    Ok(Acquired::Clean | Acquired::Reentered) => true,
+                    Ok(Acquired::OwnerDied | Acquired::Poisoned) => false,
                     Err(_) => return false,
-                },
-                End::Get => {
-                    let raw = self.head_lock();
-                    let got = match raw.try_free() {
-                        Some(a) => Ok(a),
-                        None => raw.lock(false, deadline, None, || false),
-                    };
-                    match got {
-                        Ok(Acquired::Clean | Acquired::Reentered) => true,
-                        Ok(Acquired::OwnerDied | Acquired::Poisoned) => false,
-                        Err(_) => return false,
-                    }
                 }
-            };
-            if clean {
-                return true;
             }
-            self.unlock(end);
-            self.repair();
+        };
+        if !clean && !self.repair_holding(end) {
+            return false;
         }
+        true
     }
 
     fn unlock(&self, end: End) {
@@ -449,9 +455,46 @@ impl<T> Queue<T> {
         }
     }
 
-    /// Takes both locks (tail first: a consumer never waits for the tail
-    /// lock while it holds the head lock, it only tries), recounts, and
-    /// releases them. Called holding neither.
+    /// Holding `end`'s lock: takes the other one too and recounts. The
+    /// producers' end may wait for the head lock (tail, then head: the
+    /// order `repair` uses); the consumers' end only tries the tail lock,
+    /// and if a producer holds it, lets go of the head lock, repairs with
+    /// both and takes the head lock again (a dead consumer's leftovers are
+    /// harmless to other consumers meanwhile: positions are consistent or
+    /// visibly insane). Returns whether `end`'s lock is held.
+    #[cold]
+    fn repair_holding(&self, end: End) -> bool {
+        match end {
+            End::Put => {
+                let raw = self.head_lock();
+                // Poisoned or not, it is ours.
+                if raw
+                    .try_free()
+                    .map_or_else(|| raw.lock(false, None, None, || false), Ok)
+                    .is_ok()
+                {
+                    self.recount();
+                    raw.unlock(false);
+                }
+                true
+            }
+            End::Get => match self.core.acquire(None, false) {
+                Ok(()) | Err(LockError::Poisoned { .. }) => {
+                    self.recount();
+                    self.core.release();
+                    true
+                }
+                Err(_) => {
+                    self.unlock(End::Get);
+                    self.repair();
+                    self.lock(End::Get, None)
+                }
+            },
+        }
+    }
+
+    /// Takes both locks (tail first), recounts, and releases them. Called
+    /// holding neither.
     #[cold]
     fn repair(&self) {
         // A poisoned outcome still holds the lock, which is all this needs.
@@ -472,6 +515,19 @@ impl<T> Queue<T> {
         }
         if tail {
             self.core.release();
+        }
+    }
+
+    /// Repairs if a holder of either lock died and nobody has taken that
+    /// lock since: a producer that died before publishing may otherwise
+    /// keep its item counted unfinished (and `join` waiting) or the counts
+    /// off, for as long as no producer comes — consumers never take the
+    /// tail lock on their own. Called where a stale count would show:
+    /// `len`, a getter that finds the queue empty, a putter that finds it
+    /// full, `join`'s recheck.
+    fn heal(&self) {
+        if self.core.raw().owner_died() || self.head_lock().owner_died() {
+            self.repair();
         }
     }
 
@@ -513,12 +569,20 @@ impl<T> Queue<T> {
         self.head_seen().store(head, Ordering::Relaxed);
         self.gets_seen().store(gets, Ordering::Relaxed);
         // A put that counted its item unfinished and died before
-        // publishing it: uncount it, or `join` would wait for ever.
-        let pending = self.pending().swap(0, Ordering::Relaxed);
-        if pending != 0 && pending - 1 == tail {
+        // publishing it: uncount it, or `join` would wait for ever. One
+        // that died after publishing: only clear the mark.
+        if self.unfinished().load(Ordering::Acquire) & PENDING != 0 {
+            let unpublished = self.pending().load(Ordering::Relaxed) == tail;
             let _ = self
                 .unfinished()
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| u.checked_sub(1));
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    let count = n & UNFINISHED;
+                    Some(if unpublished {
+                        count.saturating_sub(1)
+                    } else {
+                        count
+                    })
+                });
             os::futex_wake(self.unfinished(), os::WAKE_ALL);
         }
         for word in [self.not_empty(), self.not_full()] {
@@ -587,6 +651,9 @@ impl<T> Queue<T> {
             End::Get => (self.not_empty(), self.sleeping_getters()),
         };
         sleepers.fetch_add(1, Ordering::SeqCst);
+        // Pairs with the publisher's fence in `signal`, whatever orderings
+        // `ready` loads with.
+        fence(Ordering::SeqCst);
         if ready() || self.is_closed() {
             sleepers.fetch_sub(1, Ordering::SeqCst);
             return true;
@@ -618,10 +685,26 @@ impl<T> Queue<T> {
 
     /// The number of items in the queue now.
     pub fn len(&self) -> usize {
-        // `gets` first: both only grow, so this never goes below zero.
-        let gets = self.gets().load(Ordering::Acquire);
-        let puts = self.puts().load(Ordering::Acquire);
-        usize::try_from(puts.saturating_sub(gets)).unwrap_or(usize::MAX)
+        self.heal();
+        let n = usize::try_from(self.items()).unwrap_or(usize::MAX);
+        if self.maxsize == 0 {
+            n
+        } else {
+            n.min(self.maxsize as usize)
+        }
+    }
+
+    /// Items now, from the counts (no repair: the hot path's look).
+    fn items(&self) -> u64 {
+        // A snapshot: `gets` before and after `puts` agree (both only grow,
+        // so it never goes below zero), or it is read again.
+        loop {
+            let gets = self.gets().load(Ordering::Acquire);
+            let puts = self.puts().load(Ordering::Acquire);
+            if self.gets().load(Ordering::Acquire) == gets {
+                return puts.saturating_sub(gets);
+            }
+        }
     }
 
     /// Whether the queue is empty now.
@@ -857,13 +940,14 @@ impl<T> Queue<T> {
             let tail = self.tail().load(Ordering::Relaxed);
             match self.room(tail, need) {
                 Some(true) => return Ok(tail),
+                Some(false) if self.head_lock().owner_died() => {
+                    // Full, but a consumer died: its count may be stale.
+                    self.repair_holding(End::Put);
+                    continue;
+                }
                 Some(false) => {}
                 None => {
-                    self.unlock(End::Put);
-                    self.repair();
-                    if !self.lock(End::Put, deadline) {
-                        return Err(RawPut::Timeout);
-                    }
+                    self.repair_holding(End::Put);
                     continue;
                 }
             }
@@ -888,10 +972,15 @@ impl<T> Queue<T> {
         let joinable = self.joinable().load(Ordering::Relaxed) != 0;
         if joinable {
             // Counted before it can be taken (a `task_done` for it must
-            // not come first); `pending` lets a repair uncount it if this
-            // producer dies before publishing.
-            self.pending().store(tail + 1, Ordering::Relaxed);
-            self.unfinished().fetch_add(1, Ordering::AcqRel);
+            // not come first), and marked pending in the same atomic step:
+            // a repair uncounts it if this producer dies before publishing
+            // at `pending`, and only then.
+            self.pending().store(tail, Ordering::Relaxed);
+            let _ = self
+                .unfinished()
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    Some(((n & UNFINISHED) + 1) | PENDING)
+                });
         }
         // Publish last: a producer that dies before this line left nothing.
         self.tail().store(tail + need, Ordering::Release);
@@ -899,7 +988,7 @@ impl<T> Queue<T> {
         self.puts()
             .store(self.puts().load(Ordering::Relaxed) + 1, Ordering::Release);
         if joinable {
-            self.pending().store(0, Ordering::Relaxed);
+            self.unfinished().fetch_and(!PENDING, Ordering::AcqRel);
         }
         self.unlock(End::Put);
         self.signal(End::Get);
@@ -1056,9 +1145,11 @@ impl<T: DeserializeOwned> Queue<T> {
     ///
     /// The item is usually decoded where it lies in shared memory, under
     /// the consumers' lock (one copy of its bytes): a `Deserialize` that
-    /// blocks holds up the queue's other consumers (never its producers).
-    /// One that panics takes the item off the queue, as one that fails to
-    /// decode does, and leaves the queue unlocked.
+    /// blocks holds up the queue's other consumers (producers only while
+    /// one repairs the queue after a crash), and one that uses this same
+    /// queue may deadlock: decode plain data. One that panics takes the
+    /// item off the queue, as one that fails to decode does, and leaves
+    /// the queue unlocked.
     pub fn get(&self) -> Result<T, GetError> {
         self.get_until(None, true)
     }
@@ -1074,9 +1165,9 @@ impl<T: DeserializeOwned> Queue<T> {
     }
 
     fn get_until(&self, deadline: Option<Instant>, wait: bool) -> Result<T, GetError> {
-        if wait && self.is_empty() {
+        if wait && self.items() == 0 {
             // Empty: an item is usually microseconds away (see `backoff`).
-            poll_briefly(|| !self.is_empty() || self.is_closed());
+            poll_briefly(|| self.items() != 0 || self.is_closed());
         }
         if !self.lock(End::Get, deadline) {
             return Err(GetError::Timeout);
@@ -1092,9 +1183,7 @@ impl<T: DeserializeOwned> Queue<T> {
             }
             if tail.checked_sub(head).is_none_or(|u| u > self.cap) {
                 // Insane (a consumer died mid-rewind): repair, look again.
-                self.unlock(End::Get);
-                self.repair();
-                if !self.lock(End::Get, deadline) {
+                if !self.repair_holding(End::Get) {
                     return Err(GetError::Timeout);
                 }
                 continue;
@@ -1102,7 +1191,20 @@ impl<T: DeserializeOwned> Queue<T> {
             if head < tail {
                 break (head, tail);
             }
+            if self.core.raw().owner_died() {
+                // Empty, but a producer died: repair (its item may be
+                // counted unfinished), look again.
+                if !self.repair_holding(End::Get) {
+                    return Err(GetError::Timeout);
+                }
+                continue;
+            }
             if self.is_closed() {
+                // An item put before the close may have been published
+                // since the tail was read: look once more.
+                if self.tail().load(Ordering::SeqCst) != head {
+                    continue;
+                }
                 self.unlock(End::Get);
                 return Err(GetError::Closed);
             }
@@ -1122,8 +1224,9 @@ impl<T: DeserializeOwned> Queue<T> {
         let Some(len) = self.frame_at(head, tail) else {
             // Corrupt state (only a foreign writer could cause it): drop
             // everything rather than read out of bounds or garbage.
-            self.unlock(End::Get);
-            self.repair();
+            if self.repair_holding(End::Get) {
+                self.unlock(End::Get);
+            }
             return Err(GetError::Decode(
                 "corrupt queue state; the queue was reset".to_owned(),
             ));
@@ -1271,9 +1374,13 @@ impl<T> JoinableQueue<T> {
     pub fn task_done(&self) -> Result<(), TooManyTaskDone> {
         let word = self.queue.unfinished();
         let prev = word
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n & UNFINISHED)
+                    .checked_sub(1)
+                    .map(|count| count | (n & PENDING))
+            })
             .map_err(|_| TooManyTaskDone)?;
-        if prev == 1 {
+        if prev & UNFINISHED == 1 {
             os::futex_wake(word, os::WAKE_ALL);
         }
         Ok(())
@@ -1292,8 +1399,11 @@ impl<T> JoinableQueue<T> {
     fn join_until(&self, deadline: Option<Instant>) -> bool {
         let word = self.queue.unfinished();
         loop {
+            // A producer that died mid-put may hold a count no consumer
+            // can take away.
+            self.queue.heal();
             let n = word.load(Ordering::Acquire);
-            if n == 0 {
+            if n & UNFINISHED == 0 {
                 return true;
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {

@@ -417,9 +417,10 @@ mod tests {
         (d, n)
     }
 
-    fn job_wide(
-        c: &Claim<fn(Tracked) -> (Tracked, u64), (Tracked,), (Tracked, u64)>,
-    ) -> Option<Result<Vec<(Tracked, u64)>, TaskError>> {
+    /// A claim whose values are wider than its inputs (two buffers).
+    type Wide = Claim<fn(Tracked) -> (Tracked, u64), (Tracked,), (Tracked, u64)>;
+
+    fn job_wide(c: &Wide) -> Option<Result<Vec<(Tracked, u64)>, TaskError>> {
         let s = JobState::new();
         assert!(c.run_job(widen, &s).is_none());
         c.complete_job(&s, None)
@@ -513,7 +514,6 @@ mod tests {
 
         // Inputs and values of different layouts (two buffers): a panic,
         // then a lost job.
-        type Wide = Claim<fn(Tracked) -> (Tracked, u64), (Tracked,), (Tracked, u64)>;
         const W: fn(Tracked) -> (Tracked, u64) = widen;
         let c = Wide::new(inputs(20), 3, 1);
         assert!(!c.shared);

@@ -141,6 +141,12 @@ impl RawMutex {
         self.word.load(Ordering::Relaxed) & robust::TID_MASK
     }
 
+    /// Whether its last owner died holding it and nobody took it since.
+    pub(crate) fn owner_died(&self) -> bool {
+        let w = self.word.load(Ordering::Relaxed);
+        w & robust::TID_MASK == 0 && w & robust::OWNER_DIED != 0
+    }
+
     /// One attempt; never blocks.
     #[inline]
     pub(crate) fn try_lock(&self, reentrant: bool) -> Result<Acquired, NotAcquired> {
