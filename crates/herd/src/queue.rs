@@ -1165,7 +1165,10 @@ impl<T: DeserializeOwned> Queue<T> {
     }
 
     fn get_until(&self, deadline: Option<Instant>, wait: bool) -> Result<T, GetError> {
-        if wait && self.items() == 0 {
+        // Items known to this end (its own line) need no look at the
+        // producers' line, which every put writes.
+        let known = self.head().load(Ordering::Relaxed) < self.tail_seen().load(Ordering::Relaxed);
+        if wait && !known && self.items() == 0 {
             // Empty: an item is usually microseconds away (see `backoff`).
             poll_briefly(|| self.items() != 0 || self.is_closed());
         }
