@@ -1122,7 +1122,7 @@ impl Pool {
                 id: if i == 0 { id } else { self.next_id() },
                 items: 0,
                 work: Work::Local(Box::new(move || {
-                    if let Some(all) = run.run_job(f, &run_state) {
+                    if let Some(all) = run.run_job(f, &run_state, i) {
                         run_slot.fill(all);
                     }
                     (Box::new(()), 0)
