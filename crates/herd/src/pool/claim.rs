@@ -139,19 +139,19 @@ where
 {
     /// `items` shared by `jobs` jobs taking `chunk` at a time.
     pub(crate) fn new(items: Vec<A>, chunk: usize, jobs: usize) -> Self {
+        debug_assert!(jobs > 0, "a map has at least one job");
         let len = items.len();
-        let inputs = Buffer::from_vec(items);
         let shared = std::mem::size_of::<A>() == std::mem::size_of::<R>()
             && std::mem::align_of::<A>() == std::mem::align_of::<R>()
             && std::mem::size_of::<A>() != 0;
-        let outputs = if shared {
-            Buffer {
-                ptr: inputs.ptr.cast(),
-                cap: inputs.cap,
-            }
-        } else {
-            Buffer::with_capacity(len)
-        };
+        // The output first: if it cannot be allocated, `items` is still a
+        // plain vector and is dropped as one.
+        let own_outputs = (!shared).then(|| Buffer::<R>::with_capacity(len));
+        let inputs = Buffer::from_vec(items);
+        let outputs = own_outputs.unwrap_or(Buffer {
+            ptr: inputs.ptr.cast(),
+            cap: inputs.cap,
+        });
         Self {
             f: PhantomData,
             len,
@@ -238,7 +238,7 @@ where
             let mut own = self.shares[me].lock();
             if own.0 < own.1 {
                 let start = own.0;
-                own.0 = (start + self.chunk).min(own.1);
+                own.0 = start + self.chunk.min(own.1 - start);
                 return Some((start, own.0));
             }
         }
@@ -262,7 +262,7 @@ where
             };
             // The first chunk now, the rest into our own (empty) share,
             // where others may steal from it in turn.
-            let end = (stolen.0 + self.chunk).min(stolen.1);
+            let end = stolen.0 + self.chunk.min(stolen.1 - stolen.0);
             *self.shares[me].lock() = (end, stolen.1);
             return Some((stolen.0, end));
         }
@@ -300,10 +300,12 @@ where
                     }
                 }));
                 if let Err(p) = run {
+                    let report = PanicReport::from_payload(&*p);
                     self.errors
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
-                        .push((i - 1, TaskError::Panicked(PanicReport::from_payload(&*p))));
+                        .push((i - 1, TaskError::Panicked(report)));
+                    discard(p);
                 }
             }
         }
@@ -340,16 +342,26 @@ where
             return Some(Ok(values));
         }
         errors.sort_unstable_by_key(|(i, _)| *i);
-        // SAFETY: as above, this thread is alone with the buffers, once.
+        // SAFETY: as above, this thread is alone with the buffers, once
+        // (marked first: a value's `Drop` that panics is caught in
+        // `release`, but nothing must release twice).
         unsafe {
-            self.release(&unclaimed, &errors);
             *self.settled.get() = Settled::Released;
+            self.release(&unclaimed, &errors);
         }
         // Items go unclaimed only after a job failed, which set `failure`.
         let first = failure
             .or_else(|| errors.into_iter().next().map(|(_, e)| e))
             .unwrap_or(TaskError::Terminated);
         Some(Err(first))
+    }
+}
+
+/// Drops a panic's payload, whose own `Drop` may panic in turn (that
+/// second payload is leaked rather than let unwind).
+fn discard(p: Box<dyn std::any::Any + Send>) {
+    if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(p))) {
+        std::mem::forget(again);
     }
 }
 
@@ -426,13 +438,22 @@ impl<F, A, R> Claim<F, A, R> {
     /// `unclaimed` and `errors` (sorted) say what each index holds, and
     /// the buffers are not used again.
     unsafe fn release(&self, unclaimed: &[(usize, usize)], errors: &[(usize, TaskError)]) {
-        sweep(self.len, unclaimed, errors, |i, held| match held {
-            // SAFETY: index `i` still holds its input (the caller's
-            // contract).
-            Held::Input => unsafe { (*self.inputs.ptr.add(i)).assume_init_drop() },
-            // SAFETY: index `i` holds a value (the caller's contract).
-            Held::Value => unsafe { (*self.outputs.ptr.add(i)).assume_init_drop() },
-            Held::Nothing => {}
+        // Each element dropped on its own: one whose `Drop` panics does not
+        // keep the others (or the buffers) from being freed, and the
+        // panic goes no further (the map reports its error, and `Drop`
+        // must not unwind).
+        sweep(self.len, unclaimed, errors, |i, held| {
+            let one = catch_unwind(AssertUnwindSafe(|| match held {
+                // SAFETY: index `i` still holds its input (the caller's
+                // contract).
+                Held::Input => unsafe { (*self.inputs.ptr.add(i)).assume_init_drop() },
+                // SAFETY: index `i` holds a value (the caller's contract).
+                Held::Value => unsafe { (*self.outputs.ptr.add(i)).assume_init_drop() },
+                Held::Nothing => {}
+            }));
+            if let Err(p) = one {
+                discard(p);
+            }
         });
         // SAFETY: each buffer came from a `Vec` of its capacity (the
         // shared one from the input's, whose layout is the output's); its
