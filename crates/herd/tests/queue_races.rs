@@ -1826,7 +1826,12 @@ fn stall_limit(n: u64) -> u64 {
 /// about 100 ms.
 fn ping_pong_no_lost_wakeups() -> Result<(), Failed> {
     let ring = 1 << 16;
-    let a: Queue<u64> = Queue::builder().maxsize(1).capacity_bytes(ring).build()?;
+    // Not `ring`: `bounded_one_stream_no_stalls` finds its own maxsize-1
+    // queue of that ring by its parameter, maybe while this one lives.
+    let a: Queue<u64> = Queue::builder()
+        .maxsize(1)
+        .capacity_bytes(ring << 1)
+        .build()?;
     let mb = unique_maxsize();
     let b: Queue<u64> = Queue::builder().maxsize(mb).capacity_bytes(ring).build()?;
     let peek_b = Peek::find(param(mb, ring))?;
