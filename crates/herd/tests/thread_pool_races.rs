@@ -739,6 +739,38 @@ fn initializer_panic_in_replacement_thread_fails_queue() {
     assert!(pool.join_timeout(GUARD).is_ok());
 }
 
+/// Four threads submit 500 tasks each (`submit(pool, i)`) while this one,
+/// released at the same moment, calls `then` on the pool; returns every
+/// result once the pool has joined, all of them ready.
+fn race_submitters<R: Send + 'static>(
+    pool: &Arc<Pool>,
+    submit: fn(&Pool, u64) -> AsyncResult<R>,
+    then: impl FnOnce(&Pool),
+) -> Vec<AsyncResult<R>> {
+    let go = Arc::new(Barrier::new(5));
+    let submitters: Vec<_> = (0..4)
+        .map(|_| {
+            let (pool, go) = (Arc::clone(pool), Arc::clone(&go));
+            thread::spawn(move || {
+                go.wait();
+                (0..500u64).map(|i| submit(&pool, i)).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    go.wait();
+    then(pool);
+    let results: Vec<_> = submitters
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    assert!(pool.join_timeout(GUARD).is_ok());
+    assert!(all_ready(&results));
+    results
+}
+
+/// Tasks run by `submit_racing_close_loses_nothing`.
+static RAN: AtomicUsize = AtomicUsize::new(0);
+
 /// Submitters race `close`: every result becomes ready, each either a
 /// value or `Closed`; exactly the accepted tasks ran; `join` returns.
 #[test]
@@ -746,34 +778,16 @@ fn submit_racing_close_loses_nothing() {
     for _ in 0..20 {
         let pool = Arc::new(threads(3).events(true).build().unwrap());
         let events = pool.events().unwrap();
-        let ran = counter();
-        let go = Arc::new(Barrier::new(5));
-        let submitters: Vec<_> = (0..4)
-            .map(|_| {
-                let (pool, go) = (Arc::clone(&pool), Arc::clone(&go));
-                thread::spawn(move || {
-                    go.wait();
-                    (0..500)
-                        .map(|_| {
-                            pool.apply_async(
-                                move || {
-                                    ran.fetch_add(1, Ordering::SeqCst);
-                                },
-                                (),
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        go.wait();
-        pool.close();
-        let results: Vec<_> = submitters
-            .into_iter()
-            .flat_map(|t| t.join().unwrap())
-            .collect();
-        assert!(pool.join_timeout(GUARD).is_ok());
-        assert!(all_ready(&results));
+        let before = RAN.load(Ordering::SeqCst);
+        let count = |pool: &Pool, _: u64| {
+            pool.apply_async(
+                || {
+                    RAN.fetch_add(1, Ordering::SeqCst);
+                },
+                (),
+            )
+        };
+        let results = race_submitters(&pool, count, Pool::close);
         let mut ok = 0;
         for r in results {
             match r.get() {
@@ -782,7 +796,7 @@ fn submit_racing_close_loses_nothing() {
                 Err(e) => panic!("{e:?}"),
             }
         }
-        assert_eq!(ok, ran.load(Ordering::SeqCst));
+        assert_eq!(ok, RAN.load(Ordering::SeqCst) - before);
         assert_eq!(events_complete_once(&events), Vec::new());
     }
 }
@@ -794,26 +808,8 @@ fn submit_racing_terminate_completes_each_job_once() {
     for _ in 0..20 {
         let pool = Arc::new(threads(3).events(true).build().unwrap());
         let events = pool.events().unwrap();
-        let go = Arc::new(Barrier::new(5));
-        let submitters: Vec<_> = (0..4)
-            .map(|_| {
-                let (pool, go) = (Arc::clone(&pool), Arc::clone(&go));
-                thread::spawn(move || {
-                    go.wait();
-                    (0..500u64)
-                        .map(|i| pool.apply_async(|x: u64| x.wrapping_mul(3), (i,)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        go.wait();
-        pool.terminate();
-        let results: Vec<_> = submitters
-            .into_iter()
-            .flat_map(|t| t.join().unwrap())
-            .collect();
-        assert!(pool.join_timeout(GUARD).is_ok());
-        assert!(all_ready(&results));
+        let triple = |pool: &Pool, i: u64| pool.apply_async(|x: u64| x.wrapping_mul(3), (i,));
+        let results = race_submitters(&pool, triple, Pool::terminate);
         for r in results {
             match r.get() {
                 Ok(_) | Err(TaskError::Terminated | TaskError::Closed) => {}
