@@ -374,7 +374,8 @@ impl<T> Queue<T> {
         let off = (pos & (self.cap - 1)) as usize;
         let first = data.len().min(self.cap as usize - off);
         // SAFETY: both pieces lie inside the ring (`off < cap`, lengths
-        // bounded by the space checked under the lock, which we hold).
+        // bounded by the space checked under the end's lock, which we
+        // hold).
         unsafe {
             std::ptr::copy_nonoverlapping(data.as_ptr(), self.ring().add(off), first);
             std::ptr::copy_nonoverlapping(
@@ -738,11 +739,12 @@ impl<T: Serialize> Queue<T> {
     /// Puts `value`, waiting while the queue is full.
     ///
     /// The value is serialized twice: once to size it, then straight into
-    /// the queue's shared memory while holding the queue's lock (one copy
-    /// of its bytes, no allocation). A `Serialize` implementation should
-    /// therefore be plain: one that blocks, or puts to this same queue,
-    /// would hold every producer and consumer of the queue waiting. One
-    /// that panics leaves the queue unchanged and unlocked.
+    /// the queue's shared memory while holding the producers' lock (one
+    /// copy of its bytes, no allocation). A `Serialize` implementation
+    /// should therefore be plain: one that blocks holds up every other
+    /// producer of the queue (and a consumer that must repair it after a
+    /// crash), and one that puts to this same queue deadlocks. One that
+    /// panics leaves the queue unchanged and unlocked.
     pub fn put(&self, value: T) -> Result<(), PutError<T>> {
         self.put_until(value, None, true)
     }
