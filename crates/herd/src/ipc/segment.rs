@@ -23,8 +23,9 @@ pub(crate) struct Segment {
     ptr: NonNull<u8>,
     len: usize,
     /// Robust words in this segment held by threads of this process (see
-    /// `pin`). While any is held, the kernel's robust list may point into
-    /// the mapping, so it must never be unmapped.
+    /// `pin`; for a lock, set once when its last handle finds it held).
+    /// While any is held, the kernel's robust list may point into the
+    /// mapping, so it must never be unmapped.
     pins: AtomicUsize,
 }
 
@@ -104,9 +105,10 @@ impl Segment {
         Ok(seg)
     }
 
-    /// Records that a thread of this process took a robust word here.
-    /// `exclusive`: the segment holds a single lock, whose holders are
-    /// ordered by the lock itself, so a plain update suffices.
+    /// Records that a thread of this process took (or, for a lock found
+    /// held at its last handle's drop, holds) a robust word here.
+    /// `exclusive`: the caller is ordered with every other pinner, so a
+    /// plain update suffices.
     #[inline]
     pub(crate) fn pin(&self, exclusive: bool) {
         if exclusive {

@@ -745,12 +745,15 @@ pub(crate) fn thread_exists(tid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{tid}")).exists()
 }
 
-/// Whether `tid` is a live thread of this process.
+/// Whether `tid` may be a live thread of this process: false only when
+/// the kernel says there is no such thread here (`ESRCH`), so that an
+/// error of any other kind (a seccomp filter, say) errs on the side of
+/// "alive".
 pub(crate) fn thread_in_process(tid: u32) -> bool {
     // SAFETY: tgkill with signal 0 only checks that the thread exists in
     // our thread group and that we may signal it; it sends nothing.
     let rc = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid as libc::pid_t, 0) };
-    rc == 0
+    rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 /// The calling thread's kernel thread id.

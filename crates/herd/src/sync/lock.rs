@@ -234,20 +234,6 @@ impl LockCore {
     }
 }
 
-impl Drop for LockCore {
-    /// A guard can only outlive its lock through `mem::forget`, and then
-    /// the lock stays linked into its thread's robust list, which the kernel
-    /// and glibc walk: the mapping must then never be unmapped. Checked
-    /// here, once, rather than counted on every acquisition (a pin count
-    /// cost 1-2 ns of a 17-20 ns acquire+release).
-    fn drop(&mut self) {
-        let owner = self.raw().owner();
-        if owner != 0 && self.region.last_in_process() && crate::os::thread_in_process(owner) {
-            self.region.pin(true);
-        }
-    }
-}
-
 macro_rules! lock_type {
     ($(#[$doc:meta])* $name:ident, $guard:ident, $kind:expr, $reentrant:expr) => {
         $(#[$doc])*
