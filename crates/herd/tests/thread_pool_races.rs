@@ -704,7 +704,6 @@ fn initializer_panic_fails_queued_and_later_tasks() {
 #[test]
 fn initializer_panic_in_replacement_thread_fails_queue() {
     let calls = counter();
-    let (started, release) = (Gate::leak(), Gate::leak());
     let pool = threads(1)
         .max_tasks_per_child(1)
         .initializer(
@@ -719,15 +718,7 @@ fn initializer_panic_in_replacement_thread_fails_queue() {
         )
         .build()
         .unwrap();
-    let a = pool.apply_async(
-        move || {
-            started.open();
-            release.wait();
-            1u32
-        },
-        (),
-    );
-    assert!(started.wait());
+    let (a, release) = occupy(&pool);
     let queued: Vec<_> = (0..5).map(|_| pool.apply_async(|| 2u32, ())).collect();
     release.open();
     assert_eq!(a.get(), Ok(1));
@@ -737,6 +728,22 @@ fn initializer_panic_in_replacement_thread_fails_queue() {
     }
     pool.close();
     assert!(pool.join_timeout(GUARD).is_ok());
+}
+
+/// Occupies a worker of `pool` with a task that returns 1 once `release`
+/// opens; returns when it has started.
+fn occupy(pool: &Pool) -> (AsyncResult<u32>, &'static Gate) {
+    let (started, release) = (Gate::leak(), Gate::leak());
+    let a = pool.apply_async(
+        move || {
+            started.open();
+            release.wait();
+            1u32
+        },
+        (),
+    );
+    assert!(started.wait());
+    (a, release)
 }
 
 /// Four threads submit 500 tasks each (`submit(pool, i)`) while this one,
@@ -943,16 +950,7 @@ fn join_rules_and_terminate_wakes_join() {
 #[test]
 fn dropping_an_open_pool_fails_queued_tasks() {
     let pool = threads(1).build().unwrap();
-    let (started, release) = (Gate::leak(), Gate::leak());
-    let a = pool.apply_async(
-        move || {
-            started.open();
-            release.wait();
-            1u32
-        },
-        (),
-    );
-    assert!(started.wait());
+    let (a, release) = occupy(&pool);
     let queued: Vec<_> = (0..10).map(|_| pool.apply_async(|| 2u32, ())).collect();
     thread::spawn(move || drop(pool)).join().unwrap();
     assert!(all_ready(&queued));
