@@ -708,6 +708,12 @@ impl<T> Queue<T> {
         }
     }
 
+    /// Whether the counts say empty, without looking for a dead holder to
+    /// repair after (for herd's own polling before a `get`, which repairs).
+    pub(crate) fn looks_empty(&self) -> bool {
+        self.items() == 0
+    }
+
     /// Whether the queue is empty now.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -277,7 +277,7 @@ fn pool_worker(args: WorkerArgs) {
     let mut watching = false;
     let mut jobs = 0u64;
     loop {
-        poll_briefly(|| !args.tasks.is_empty() || args.tasks.is_closed());
+        poll_briefly(|| !args.tasks.looks_empty() || args.tasks.is_closed());
         let job = match args.tasks.get() {
             Ok(j) => j,
             Err(GetError::Closed) => return,
@@ -579,7 +579,7 @@ impl Shared {
                 .filter(|&i| {
                     let w = &st.workers[i];
                     i != idle
-                        && !w.tasks.is_empty()
+                        && !w.tasks.looks_empty()
                         && (w.inflight.len() >= 2 || w.heard.elapsed() >= SILENT)
                 })
                 .max_by_key(|&i| st.workers[i].inflight.len());
@@ -926,7 +926,7 @@ fn manage_loop(shared: &Shared) {
         let wait = next_deadline.map_or(CHECK, |d| {
             d.saturating_duration_since(Instant::now()).min(CHECK)
         });
-        poll_briefly(|| !shared.results.is_empty());
+        poll_briefly(|| !shared.results.looks_empty());
         let msg = shared.results.get_timeout(wait).ok();
         let idle = msg.is_none();
         let mut ready = Ready::new();
