@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use herd::StartMethod;
 use libtest_mimic::Failed;
 
+pub mod trace;
+
 /// A failure guard for every wait: generous, because CI machines are slow.
 pub const GUARD: Duration = Duration::from_secs(30);
 

@@ -26,37 +26,12 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use herd::sync::{Lock, LockError, PoisonCause, RLock, Value};
+use herd_testkit::trace::{first_robust_entry, robust_head};
 use herd_testkit::{GUARD, check};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 // ---------------------------------------------------------------------------
 // Helpers
-
-/// The calling thread's robust-list head (glibc's, in its TCB).
-fn robust_head() -> *mut usize {
-    let mut head: *mut libc::c_void = std::ptr::null_mut();
-    let mut len: libc::size_t = 0;
-    // SAFETY: get_robust_list for the calling thread (pid 0) writes the two
-    // out-parameters, which are valid.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_get_robust_list,
-            0,
-            &mut head as *mut *mut libc::c_void,
-            &mut len as *mut libc::size_t,
-        )
-    };
-    assert_eq!(rc, 0, "get_robust_list");
-    head.cast()
-}
-
-/// The first entry of the calling thread's robust list: right after this
-/// thread took a herd lock, an address inside that lock's mapping.
-fn first_robust_entry() -> usize {
-    // SAFETY: the head is this thread's, alive while it runs; its first word
-    // is the list's first entry (low bit: a PI flag).
-    unsafe { robust_head().read_volatile() & !1 }
-}
 
 /// Empties the calling thread's robust list, so that the kernel does not
 /// walk it when the thread ends (a list this test left pointing into

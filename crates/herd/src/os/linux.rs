@@ -796,6 +796,32 @@ pub(crate) fn futex_wake(word: &std::sync::atomic::AtomicU32, n: u32) {
         rustix::thread::futex::wake(word, rustix::thread::futex::Flags::empty(), n.min(WAKE_ALL));
 }
 
+/// Registers this process for [`heavy_fence`]s, once per process (a
+/// `fork()` child inherits the registration; it is asked again all the
+/// same, at the cost of one syscall). `false` where the kernel has no
+/// `membarrier` or refuses it.
+pub(crate) fn register_heavy_fence() -> bool {
+    static REGISTERED: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+    let pid = rustix::process::getpid().as_raw_nonzero().get();
+    if REGISTERED.load(std::sync::atomic::Ordering::Relaxed) == pid {
+        return true;
+    }
+    let ok = rustix::thread::membarrier(rustix::thread::MembarrierCommand::RegisterGlobalExpedited)
+        .is_ok();
+    if ok {
+        REGISTERED.store(pid, std::sync::atomic::Ordering::Relaxed);
+    }
+    ok
+}
+
+/// A full memory barrier on every CPU now running a thread of any process
+/// registered by [`register_heavy_fence`] (`membarrier`'s global expedited
+/// command): the heavy side of an asymmetric fence whose light side is a
+/// compiler fence. `false` if the kernel refused it (no barrier happened).
+pub(crate) fn heavy_fence() -> bool {
+    rustix::thread::membarrier(rustix::thread::MembarrierCommand::GlobalExpedited).is_ok()
+}
+
 /// Bits of a robust futex word, as the kernel reads them.
 pub(crate) mod robust {
     /// Some thread sleeps on the word.

@@ -15,8 +15,10 @@
 //!
 //! A pthread robust mutex would give the same guarantee, but measured here it
 //! costs 26 ns per uncontended lock+unlock against 6.7 ns for a plain one;
-//! this protocol keeps the uncontended path to one CAS, one swap and a few
-//! plain stores.
+//! this protocol keeps the uncontended path to one CAS and a few plain
+//! loads and stores: an unlock releases with a plain store, and the rare
+//! waiter pays for it with a `membarrier` (an asymmetric fence) before it
+//! sleeps. See DESIGN.md, "The lock's plain-store unlock".
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering, compiler_fence};
@@ -37,7 +39,9 @@ pub(crate) struct RawMutex {
     depth: AtomicU32,
     /// 1 when a holder panicked; reported once, to the next acquirer.
     poisoned: AtomicU32,
-    _r0: u32,
+    /// Waiters between announcing themselves and leaving their sleep (see
+    /// `unlock`'s plain-store release).
+    sleepers: AtomicU32,
     _r1: u64,
     /// Robust-list links, in the owner's address space.
     prev: AtomicUsize,
@@ -73,22 +77,51 @@ pub(crate) enum NotAcquired {
 }
 
 thread_local! {
-    /// This thread's robust-list head (0 until looked up; 1 if unusable).
-    static HEAD: Cell<usize> = const { Cell::new(0) };
+    /// This thread's view of the locks, 0 until looked up: its robust-list
+    /// head's address (0 if unusable) | `LOOKED_UP` | `FAST`.
+    static STATE: Cell<usize> = const { Cell::new(0) };
     static TID: Cell<u32> = const { Cell::new(0) };
+}
+
+/// In `STATE`: looked up.
+const LOOKED_UP: usize = 1;
+/// In `STATE`: this process is registered for heavy fences, so its
+/// unlocks may release with a plain store.
+const FAST: usize = 2;
+
+#[inline]
+fn state() -> usize {
+    STATE.with(|s| {
+        let v = s.get();
+        if v != 0 { v } else { look_up(s) }
+    })
+}
+
+#[cold]
+fn look_up(s: &Cell<usize>) -> usize {
+    forget_caches_on_fork();
+    let head = os::robust_list_head().map_or(0, |p| p as usize);
+    // The head is a pointer-aligned field; the two low bits are ours.
+    let head = if head & 3 == 0 { head } else { 0 };
+    let fast = if os::register_heavy_fence() { FAST } else { 0 };
+    s.set(head | LOOKED_UP | fast);
+    head | LOOKED_UP | fast
+}
+
+#[inline]
+fn head_of(state: usize) -> Option<*mut usize> {
+    let p = state & !3;
+    (p != 0).then_some(p as *mut usize)
 }
 
 #[inline]
 fn head() -> Option<*mut usize> {
-    HEAD.with(|h| {
-        if h.get() == 0 {
-            forget_caches_on_fork();
-            h.set(os::robust_list_head().map_or(1, |p| p as usize));
-        }
-        let v = h.get();
-        (v != 1).then_some(v as *mut usize)
-    })
+    head_of(state())
 }
+
+/// The longest a waiter sleeps when this process cannot run a heavy fence
+/// (an unlock's plain store may then go unseen until it looks again).
+const UNFENCED_RECHECK: Duration = Duration::from_millis(1);
 
 /// In a child made by `fork()`, the forking thread's caches would name the
 /// parent's thread: clear them there (glibc re-registers the child's robust
@@ -98,7 +131,7 @@ fn head() -> Option<*mut usize> {
 fn forget_caches_on_fork() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     extern "C" fn in_child() {
-        HEAD.with(|h| h.set(0));
+        STATE.with(|s| s.set(0));
         TID.with(|t| t.set(0));
     }
     ONCE.call_once(|| os::at_fork_child(in_child));
@@ -175,8 +208,15 @@ impl RawMutex {
             if cur & robust::TID_MASK == 0 {
                 continue;
             }
-            if cur & robust::WAITERS == 0
-                && self
+            // Count ourselves, mark the word (the kernel wakes a marked
+            // word's sleeper when its owner dies), then fence every CPU:
+            // an unlock that read the word before our mark releases with a
+            // plain store and then reads `sleepers`, so after the fence
+            // either its store is visible to the look below or our count
+            // is visible to it (see `unlock`).
+            self.sleepers.fetch_add(1, Ordering::SeqCst);
+            let marked = cur & robust::WAITERS != 0
+                || self
                     .word
                     .compare_exchange(
                         cur,
@@ -184,21 +224,26 @@ impl RawMutex {
                         Ordering::Relaxed,
                         Ordering::Relaxed,
                     )
-                    .is_err()
-            {
+                    .is_ok();
+            let fenced = marked && os::heavy_fence();
+            if !marked || self.word.load(Ordering::Relaxed) != cur | robust::WAITERS {
+                self.sleepers.fetch_sub(1, Ordering::SeqCst);
                 continue;
             }
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
+                self.sleepers.fetch_sub(1, Ordering::SeqCst);
                 self.pass_on_wake();
                 return Err(NotAcquired::TimedOut);
             }
             // Never sleep longer than RECHECK: a waiter woken by an unlock
             // and killed before it took the lock swallows that wake, and
             // the others must not sleep on for ever.
-            let slice_end = now + slice.unwrap_or(RECHECK).min(RECHECK);
+            let most = if fenced { RECHECK } else { UNFENCED_RECHECK };
+            let slice_end = now + slice.unwrap_or(most).min(most);
             let wake_at = Some(deadline.map_or(slice_end, |d| d.min(slice_end)));
             os::futex_wait(&self.word, cur | robust::WAITERS, wake_at);
+            self.sleepers.fetch_sub(1, Ordering::SeqCst);
             waited = true;
             if slice.is_some()
                 && self.owner() != 0
@@ -215,7 +260,9 @@ impl RawMutex {
     /// meant for us: hand it to the next sleeper so none is stranded.
     #[cold]
     fn pass_on_wake(&self) {
-        if self.word.load(Ordering::Relaxed) & robust::WAITERS != 0 {
+        if self.word.load(Ordering::Relaxed) & robust::WAITERS != 0
+            || self.sleepers.load(Ordering::SeqCst) != 0
+        {
             os::futex_wake(&self.word, 1);
         }
     }
@@ -340,7 +387,8 @@ impl RawMutex {
         if poison {
             self.poisoned.store(1, Ordering::Relaxed);
         }
-        let head = head();
+        let state = state();
+        let head = head_of(state);
         if let Some(h) = head {
             // SAFETY: this thread's robust head, as in `attempt`; the lock
             // is ours, so are its links.
@@ -349,9 +397,32 @@ impl RawMutex {
                 self.unlink();
             }
         }
-        let old = self.word.swap(0, Ordering::Release);
-        if old & robust::WAITERS != 0 {
-            os::futex_wake(&self.word, 1);
+        if state & FAST != 0
+            && self.word.load(Ordering::Relaxed) & robust::WAITERS == 0
+            && self.sleepers.load(Ordering::Relaxed) == 0
+        {
+            // Unmarked, no waiter about: release with a plain store, no
+            // locked instruction. A waiter may still mark the word between
+            // our look and our store (the store then erases the mark); it
+            // counted itself in `sleepers` before marking and runs a heavy
+            // fence before it looks again, which either makes our store
+            // visible to that look (it does not sleep) or comes before our
+            // store, and so before the load below, which then sees its
+            // count.
+            self.word.store(0, Ordering::Release);
+            compiler_fence(Ordering::SeqCst);
+            if self.sleepers.load(Ordering::Relaxed) != 0 {
+                os::futex_wake(&self.word, 1);
+            }
+        } else {
+            // A waiter is about (or no heavy fences here): the locked swap
+            // cannot erase a mark, and reports it. While a woken waiter is
+            // on its way back, its count would otherwise make every plain
+            // release wake for nothing.
+            let old = self.word.swap(0, Ordering::Release);
+            if old & robust::WAITERS != 0 {
+                os::futex_wake(&self.word, 1);
+            }
         }
         if let Some(h) = head {
             compiler_fence(Ordering::SeqCst);
