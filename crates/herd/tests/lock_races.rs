@@ -11,6 +11,12 @@
 //!   Without the `sleepers` count read after the plain store,
 //!   `traced_waiter_marks_between_an_unlocks_look_and_store` fails on
 //!   every run (the waiter wakes about 100 ms later).
+//! * `*_waiter_*`: a waiter looks again on its own every 100 ms where heavy
+//!   fences work, and also where the kernel has none (then no unlock
+//!   releases with a plain store: nothing to miss); the second runs in a
+//!   re-executed copy of this binary whose seccomp filter makes
+//!   `membarrier` fail with `ENOSYS`. (From a review: the waiter polled
+//!   every 1 ms there.)
 //! * `mutual_exclusion_*`: two processes of two threads each increment a
 //!   shared counter with a non-atomic read-modify-write under the lock;
 //!   not one increment may be lost.
@@ -28,7 +34,7 @@ use herd::{Queue, StartMethod};
 use herd_testkit::trace::{
     self, Access, Stop, Tracee, await_tracer, first_robust_entry, marker, region_in, region_of,
 };
-use herd_testkit::{GUARD, check, eventually};
+use herd_testkit::{GUARD, check, eventually, eventually_within};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 /// How late a prompt wake may be: far below the 100 ms a waiter sleeps
@@ -222,6 +228,130 @@ fn traced(f: impl FnOnce() -> Result<(), Failed>) -> Result<(), Failed> {
 }
 
 // ---------------------------------------------------------------------------
+// How often a waiter looks again, with and without heavy fences
+
+const CHILD_ENV: &str = "HERD_TEST_NO_MEMBARRIER";
+
+fn voluntary_switches(tid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Holds a lock while a waiter thread of this process sleeps on it: how
+/// many times the waiter wakes in (at most) 1.5 s, and how long that took.
+fn waiter_wakes() -> Result<(u64, Duration), Failed> {
+    let lock = Lock::new()?;
+    let word = word_of(&lock)?;
+    let guard = lock.acquire().map_err(|e| e.to_string())?;
+    let (tx, rx) = mpsc::channel();
+    let l = lock.clone();
+    let waiter = std::thread::spawn(move || {
+        let _ = tx.send(rustix::thread::gettid().as_raw_nonzero().get() as u32);
+        drop(l.acquire_timeout(GUARD));
+    });
+    let tid = rx.recv_timeout(GUARD)?;
+    check(eventually(|| asleep_on(tid, word)), "the waiter sleeps")?;
+    let c0 = voluntary_switches(tid);
+    let t0 = Instant::now();
+    eventually_within(Duration::from_millis(1500), || {
+        voluntary_switches(tid) >= c0 + 20
+    });
+    let (n, took) = (voluntary_switches(tid) - c0, t0.elapsed());
+    drop(guard);
+    waiter.join().map_err(|_| "waiter panicked")?;
+    Ok((n, took))
+}
+
+fn membarrier_works() -> bool {
+    // SAFETY: MEMBARRIER_CMD_GLOBAL_EXPEDITED (2), no memory passed.
+    unsafe { libc::syscall(libc::SYS_membarrier, 2, 0) == 0 }
+}
+
+/// Control: with membarrier, the waiter looks again every 100 ms.
+fn fenced_waiter_sleeps_100ms() -> Result<(), Failed> {
+    check(membarrier_works(), "membarrier works here")?;
+    let (n, took) = waiter_wakes()?;
+    println!("fenced: {n} wake-ups in {took:?}");
+    check(n < 20, format!("{n} wake-ups in {took:?}"))
+}
+
+/// Where membarrier is refused to every process (here: this process, all
+/// of whose locks' users are its own threads), no unlock releases with a
+/// plain store, so no wake can be lost; the waiter should not poll at 1 kHz.
+fn unfenced_waiter_polls_although_no_plain_release_exists() -> Result<(), Failed> {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        check(!membarrier_works(), "membarrier refused")?;
+        let (n, took) = waiter_wakes()?;
+        println!("unfenced: {n} wake-ups in {took:?}");
+        return check(n < 20, format!("{n} wake-ups in {took:?}"));
+    }
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .args([
+            "unfenced_waiter_polls_although_no_plain_release_exists",
+            "--exact",
+            "--nocapture",
+        ])
+        .env(CHILD_ENV, "1")
+        .output()?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    check(
+        out.status.success(),
+        "the child (without membarrier) failed",
+    )
+}
+
+/// Makes `membarrier` fail with ENOSYS for this process (x86-64).
+fn refuse_membarrier() {
+    let filter = [
+        // A = seccomp_data.nr
+        libc::sock_filter {
+            code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 1,
+            k: libc::SYS_membarrier as u32,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ALLOW,
+        },
+    ];
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: prctl with a valid filter program that outlives the call.
+    unsafe {
+        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+        assert_eq!(
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &prog as *const _
+            ),
+            0
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Mutual exclusion across processes with the plain-store unlock
 
 const ROUNDS: u64 = 100_000;
@@ -262,6 +392,9 @@ fn mutual_exclusion_two_processes_two_threads_each() -> Result<(), Failed> {
 }
 
 fn main() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        refuse_membarrier();
+    }
     herd::init();
     let args = Arguments::from_args();
     let tests = vec![
@@ -272,6 +405,11 @@ fn main() {
         Trial::test(
             "traced_owner_killed_between_an_unlocks_look_and_store",
             traced_owner_killed_between_an_unlocks_look_and_store,
+        ),
+        Trial::test("fenced_waiter_sleeps_100ms", fenced_waiter_sleeps_100ms),
+        Trial::test(
+            "unfenced_waiter_polls_although_no_plain_release_exists",
+            unfenced_waiter_polls_although_no_plain_release_exists,
         ),
         Trial::test(
             "mutual_exclusion_two_processes_two_threads_each",

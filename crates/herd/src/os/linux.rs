@@ -814,12 +814,31 @@ pub(crate) fn register_heavy_fence() -> bool {
     ok
 }
 
+/// How a [`heavy_fence`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fence {
+    /// Done: every CPU running a registered process has fenced.
+    Done,
+    /// This kernel has no such command (`ENOSYS`, `EINVAL`): no process
+    /// here can have registered, so none needs the fence.
+    Unsupported,
+    /// Refused for this process (a seccomp filter, say): others may have
+    /// registered, and no barrier happened.
+    Refused,
+}
+
 /// A full memory barrier on every CPU now running a thread of any process
 /// registered by [`register_heavy_fence`] (`membarrier`'s global expedited
 /// command): the heavy side of an asymmetric fence whose light side is a
-/// compiler fence. `false` if the kernel refused it (no barrier happened).
-pub(crate) fn heavy_fence() -> bool {
-    rustix::thread::membarrier(rustix::thread::MembarrierCommand::GlobalExpedited).is_ok()
+/// compiler fence.
+pub(crate) fn heavy_fence() -> Fence {
+    match rustix::thread::membarrier(rustix::thread::MembarrierCommand::GlobalExpedited) {
+        Ok(()) => Fence::Done,
+        Err(e) if e == rustix::io::Errno::NOSYS || e == rustix::io::Errno::INVAL => {
+            Fence::Unsupported
+        }
+        Err(_) => Fence::Refused,
+    }
 }
 
 /// Bits of a robust futex word, as the kernel reads them.

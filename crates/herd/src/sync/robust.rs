@@ -119,8 +119,10 @@ fn head() -> Option<*mut usize> {
     head_of(state())
 }
 
-/// The longest a waiter sleeps when this process cannot run a heavy fence
-/// (an unlock's plain store may then go unseen until it looks again).
+/// The longest a waiter sleeps when this process is refused heavy fences
+/// that other processes may run (an unlock's plain store may then go
+/// unseen until it looks again). Where the kernel has none, no process
+/// releases with a plain store, and waiters keep `RECHECK`.
 const UNFENCED_RECHECK: Duration = Duration::from_millis(1);
 
 /// In a child made by `fork()`, the forking thread's caches would name the
@@ -225,7 +227,9 @@ impl RawMutex {
                         Ordering::Relaxed,
                     )
                     .is_ok();
-            let fenced = marked && os::heavy_fence();
+            // Where the fence was refused to this process alone, an unlock
+            // elsewhere may still release with a plain store: look often.
+            let fenced = marked && os::heavy_fence() != os::Fence::Refused;
             if !marked || self.word.load(Ordering::Relaxed) != cur | robust::WAITERS {
                 self.sleepers.fetch_sub(1, Ordering::SeqCst);
                 continue;
