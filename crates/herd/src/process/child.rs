@@ -1,7 +1,7 @@
 //! The child's side: `herd::init()`, the bootstrap, the parent watchdog, and
 //! what [`current_process`] reports.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::OnceLock;
@@ -138,18 +138,28 @@ pub(crate) fn child_main(sock: OwnedFd, watch: Option<OwnedFd>) -> ! {
         start_watchdog(parent);
     }
     let mut stream = UnixStream::from(sock);
-    let Ok((body, passed)) = protocol::read_frame_blocking(&mut stream) else {
+    let code = serve_one(&mut stream, true);
+    drop(stream);
+    std::process::exit(code)
+}
+
+/// The conversation of one child: reads the request, checks it, answers
+/// `Accepted` or a refusal, runs the task and sends its outcome. Returns
+/// the exit code. `real` is false for a rehearsal, which leaves this
+/// process's identity alone.
+fn serve_one(stream: &mut UnixStream, real: bool) -> i32 {
+    let Ok((body, passed)) = protocol::read_frame_blocking(stream) else {
         // The parent went away during the bootstrap.
-        std::process::exit(3);
+        return 3;
     };
     let request: Request = match task::decode(&body) {
         Ok(r) => r,
-        Err(reason) => refuse(&mut stream, Refusal::Malformed { reason }),
+        Err(reason) => return refuse(stream, Refusal::Malformed { reason }),
     };
     let child_build = task::build_id();
     if request.build_id != child_build {
-        refuse(
-            &mut stream,
+        return refuse(
+            stream,
             Refusal::BuildMismatch {
                 parent: request.build_id,
                 child: child_build,
@@ -158,14 +168,11 @@ pub(crate) fn child_main(sock: OwnedFd, watch: Option<OwnedFd>) -> ! {
     }
     let entry = match task::find_by_name(&request.task) {
         Ok(Some(e)) => e,
-        Ok(None) => refuse(&mut stream, Refusal::UnknownTask { name: request.task }),
-        Err(()) => refuse(&mut stream, Refusal::AmbiguousTask { name: request.task }),
+        Ok(None) => return refuse(stream, Refusal::UnknownTask { name: request.task }),
+        Err(()) => return refuse(stream, Refusal::AmbiguousTask { name: request.task }),
     };
     if (entry.fingerprint)() != request.fingerprint {
-        refuse(
-            &mut stream,
-            Refusal::FingerprintMismatch { name: request.task },
-        );
+        return refuse(stream, Refusal::FingerprintMismatch { name: request.task });
     }
     // A `Deserialize` impl may panic; that is a refusal, not a crash.
     let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -173,21 +180,23 @@ pub(crate) fn child_main(sock: OwnedFd, watch: Option<OwnedFd>) -> ! {
     }));
     let call = match prepared {
         Ok(Ok(call)) => call,
-        Ok(Err(reason)) => refuse(&mut stream, Refusal::ArgsDecode { reason }),
+        Ok(Err(reason)) => return refuse(stream, Refusal::ArgsDecode { reason }),
         Err(payload) => {
             let report = task::PanicReport::from_payload(&*payload);
             let reason = format!("deserializing the arguments {report}");
-            refuse(&mut stream, Refusal::ArgsDecode { reason })
+            return refuse(stream, Refusal::ArgsDecode { reason });
         }
     };
-    let _ = IDENTITY.set(Identity {
-        name: request.name,
-        daemon: request.daemon,
-        path: request.identity,
-        parent_pid: Some(request.parent_pid),
-    });
-    if send(&mut stream, &Reply::Accepted).is_err() {
-        std::process::exit(3);
+    if real {
+        let _ = IDENTITY.set(Identity {
+            name: request.name,
+            daemon: request.daemon,
+            path: request.identity,
+            parent_pid: Some(request.parent_pid),
+        });
+    }
+    if send(stream, &Reply::Accepted).is_err() {
+        return 3;
     }
     let (reply, code) = match call() {
         Ok(bytes) => (Reply::Returned(bytes), 0),
@@ -195,19 +204,67 @@ pub(crate) fn child_main(sock: OwnedFd, watch: Option<OwnedFd>) -> ! {
         Err(RunFailure::ResultEncode(reason)) => (Reply::ResultEncode(reason), 1),
     };
     // If the parent is gone nobody wants the result; exit all the same.
-    let _ = send(&mut stream, &reply);
-    drop(stream);
-    std::process::exit(code)
+    let _ = send(stream, &reply);
+    code
 }
+
+/// Does nothing: what a spare runs in its rehearsal.
+fn rehearsal() {}
+crate::register_task!(rehearsal);
+
+/// Runs a child's whole conversation once, for the no-op task above, on a
+/// socket pair of its own: a spare does this while it waits for work, so
+/// that the pages of code and data every child touches (decoding, the task
+/// registry, encoding, the socket path; the stack and heap pages it
+/// writes) are mapped and copied by then, not faulted in one by one on
+/// the critical path of a start. Failures are ignored: it only warms up.
+pub(crate) fn rehearse() {
+    let Ok(Some(entry)) = task::find_by_name(REHEARSAL) else {
+        return;
+    };
+    let Ok(args) = task::encode(&()) else {
+        return;
+    };
+    let request = Request {
+        task: entry.name.to_owned(),
+        fingerprint: (entry.fingerprint)(),
+        build_id: task::build_id(),
+        args,
+        name: String::new(),
+        daemon: false,
+        identity: Vec::new(),
+        parent_pid: 0,
+    };
+    let Ok(frame) = protocol::frame(&request) else {
+        return;
+    };
+    let Ok((ours, theirs)) = UnixStream::pair() else {
+        return;
+    };
+    let mut ours = ours;
+    if ours.write_all(&frame).is_err() {
+        return;
+    }
+    let mut theirs = theirs;
+    serve_one(&mut theirs, false);
+    // The parent's side: read the two replies back.
+    drop(theirs);
+    let mut sink = Vec::new();
+    let _ = ours.read_to_end(&mut sink);
+}
+
+/// The rehearsal task's registered name.
+const REHEARSAL: &str = concat!(module_path!(), "::rehearsal");
 
 fn send(stream: &mut UnixStream, reply: &Reply) -> std::io::Result<()> {
     let bytes = protocol::frame(reply).map_err(std::io::Error::other)?;
     stream.write_all(&bytes)
 }
 
-fn refuse(stream: &mut UnixStream, refusal: Refusal) -> ! {
+/// Tells the parent why the task will not run; returns the exit code.
+fn refuse(stream: &mut UnixStream, refusal: Refusal) -> i32 {
     let _ = send(stream, &Reply::Refused(refusal));
-    std::process::exit(2)
+    2
 }
 
 /// Watches the parent's pidfd on a thread of its own: when the parent dies,

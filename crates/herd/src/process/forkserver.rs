@@ -389,6 +389,12 @@ struct Served {
     pid: u32,
     pidfd: OwnedFd,
     status: OwnedFd,
+    /// The server's end of the child's control socket, kept until the
+    /// child is reaped: closing a unix socket while another is in flight
+    /// (the hand-off's, on its way to the child) queues the kernel's
+    /// unix-socket garbage collector on a worker thread, which took a CPU
+    /// from the child just as it woke.
+    ctl: OwnedFd,
 }
 
 /// A child forked ahead of the next request, waiting on `ctl` for its
@@ -398,7 +404,6 @@ struct Spare {
     served: Served,
     /// The read end of its status pipe, for the parent.
     status_r: OwnedFd,
-    ctl: OwnedFd,
 }
 
 /// The forkserver's main loop. Never returns.
@@ -431,7 +436,8 @@ pub(crate) fn serve(boot: OwnedFd, parent_pidfd: OwnedFd) -> ! {
         conn,
         parent_pidfd,
         children: Vec::new(),
-        spare: None,
+        spares: Vec::new(),
+        fresh: None,
     };
     server.run()
 }
@@ -441,24 +447,37 @@ struct Server {
     conn: OwnedFd,
     parent_pidfd: OwnedFd,
     children: Vec<Served>,
-    spare: Option<Spare>,
+    /// Oldest first; at most `SPARES`.
+    spares: Vec<Spare>,
+    /// The child last handed off, and when.
+    fresh: Option<(u32, Instant)>,
 }
+
+/// How long the server leaves the CPUs to a child it has just started
+/// before it forks the next spare (unless that child exits sooner).
+const SETTLE: Duration = Duration::from_millis(2);
+
+/// Spares kept ready: two, so that a start right after another still finds
+/// one while the server waits to replace the first.
+const SPARES: usize = 2;
 
 impl Server {
     fn run(&mut self) -> ! {
         let mut buf = vec![0u8; 4096];
         loop {
-            // Without a spare, fork one as soon as nothing else is pending
-            // (a poll that does not wait). Waiting for 1 ms of idleness
-            // first, so as not to compete with the child just started, was
-            // slower in a tight start-join loop on 2 vCPUs (0.41-0.47 ms
-            // against 0.36-0.43 per round): the server was never idle that
-            // long, so every start forked on demand.
-            let idle = (self.spare.is_none()).then(Instant::now);
+            // Short of spares, fork one once the child last handed off has
+            // exited or had `SETTLE` to start (whichever is first): a fork
+            // right after the hand-off took a CPU from that child and from
+            // the parent just when both woke (see DESIGN.md, "Where a
+            // forkserver start goes").
+            let idle = (self.spares.len() < SPARES).then(|| match self.fresh {
+                Some((pid, at)) if self.children.iter().any(|c| c.pid == pid) => at + SETTLE,
+                _ => Instant::now(),
+            });
             let ready = {
                 let mut fds: Vec<BorrowedFd<'_>> =
                     vec![self.conn.as_fd(), self.parent_pidfd.as_fd()];
-                fds.extend(self.spare.iter().map(|s| s.served.pidfd.as_fd()));
+                fds.extend(self.spares.iter().map(|s| s.served.pidfd.as_fd()));
                 fds.extend(self.children.iter().map(|c| c.pidfd.as_fd()));
                 match os::wait_readable(&fds, idle) {
                     Ok(r) => r,
@@ -466,16 +485,23 @@ impl Server {
                 }
             };
             if !ready.iter().any(|r| *r) {
-                self.spare = self.fork_spare().ok();
+                if let Ok(spare) = self.fork_spare() {
+                    self.spares.push(spare);
+                } else {
+                    // Out of processes or memory: try again when a child
+                    // ends rather than spin.
+                    self.fresh = self.children.last().map(|c| (c.pid, Instant::now()));
+                }
                 continue;
             }
             if ready[1] {
                 self.shutdown();
             }
-            let spare_slots = usize::from(self.spare.is_some());
-            if spare_slots == 1 && ready[2] {
-                // The spare died while idle (killed from outside): reap it.
-                if let Some(spare) = self.spare.take() {
+            let spare_slots = self.spares.len();
+            for i in (0..spare_slots).rev() {
+                if ready[2 + i] {
+                    // A spare died while idle (killed from outside): reap it.
+                    let spare = self.spares.remove(i);
                     let _ = os::reap_nohang(spare.served.pidfd.as_fd());
                 }
             }
@@ -548,9 +574,10 @@ impl Server {
     /// Hands `got` (socket, stdin, stdout, stderr) to the spare (forking
     /// one if there is none); returns its pid, a pidfd and the status pipe.
     fn start_child(&mut self, got: Vec<OwnedFd>) -> io::Result<()> {
-        let spare = match self.spare.take() {
-            Some(s) => s,
-            None => self.fork_spare()?,
+        let spare = if self.spares.is_empty() {
+            self.fork_spare()?
+        } else {
+            self.spares.remove(0)
         };
         // The hello first, on the child's own socket before the child has
         // it (so it comes before anything the child sends): the parent
@@ -564,13 +591,14 @@ impl Server {
             &hello,
             &[spare.served.pidfd.as_fd(), spare.status_r.as_fd()],
         )
-        .and_then(|()| os::send_with_fds(spare.ctl.as_fd(), b"go", &fds));
+        .and_then(|()| os::send_with_fds(spare.served.ctl.as_fd(), b"go", &fds));
         if let Err(e) = sent {
             let _ = os::pidfd_signal(spare.served.pidfd.as_fd(), Signal::KILL);
             self.children.push(spare.served);
             return Err(e);
         }
         drop(spare.status_r);
+        self.fresh = Some((spare.served.pid, Instant::now()));
         self.children.push(spare.served);
         Ok(())
     }
@@ -599,20 +627,20 @@ impl Server {
                         pid,
                         pidfd,
                         status: status_w,
+                        ctl,
                     },
                     status_r,
-                    ctl,
                 })
             }
         }
     }
 
-    /// Kills every child's group (and the spare) and exits.
+    /// Kills every child's group (and the spares') and exits.
     fn shutdown(&self) -> ! {
         for c in self
             .children
             .iter()
-            .chain(self.spare.iter().map(|s| &s.served))
+            .chain(self.spares.iter().map(|s| &s.served))
         {
             let _ = os::signal_group(c.pid, Signal::KILL);
         }
@@ -627,6 +655,10 @@ fn spare_main(server: u32, ctl: OwnedFd, status_r: OwnedFd) -> ! {
         && os::getppid() == server;
     if !ready {
         os::exit_now(3);
+    }
+    // While no request is waiting, take every child's page faults now.
+    if !os::wait_readable(&[ctl.as_fd()], Some(Instant::now())).is_ok_and(|r| r[0]) {
+        super::child::rehearse();
     }
     let mut buf = [0u8; 8];
     let got = match os::recv_with_fds(ctl.as_fd(), &mut buf) {
