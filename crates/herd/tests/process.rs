@@ -834,76 +834,6 @@ fn forkserver_restart() -> Result<(), Failed> {
     )
 }
 
-/// Runs in a helper process (killing spares under the other tests could
-/// kill one just handed their task): the forkserver keeps two spares, reaps
-/// those killed while idle and forks new ones, and starts work after.
-fn forkserver_spares_killed_are_replaced() -> Result<(), Failed> {
-    let (status, text) = run_helper("forkserver-spares")?;
-    check(
-        status.success() && text.contains("spares replaced"),
-        format!("helper said {text:?}"),
-    )
-}
-
-/// The children of `parent` and their states (from /proc/*/stat).
-fn children_of(parent: u32) -> Vec<(u32, char)> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| {
-        let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // After the command's closing parenthesis: state, then ppid.
-        let mut rest = stat.rsplit_once(')')?.1.split_whitespace();
-        let state = rest.next()?.chars().next()?;
-        let ppid: u32 = rest.next()?.parse().ok()?;
-        (ppid == parent).then_some((pid, state))
-    })
-    .collect()
-}
-
-fn forkserver_spares() -> Result<(), Failed> {
-    let mut p = Process::builder(quick, ())
-        .start_method(StartMethod::ForkServer)
-        .start()?;
-    check(p.join()? == 7, "first child")?;
-    let server = herd::forkserver_pid().ok_or("no forkserver")?;
-    check(
-        eventually(|| {
-            let kids = children_of(server);
-            kids.len() == 2 && kids.iter().all(|&(_, st)| st != 'Z')
-        }),
-        format!("two spares ready: {:?}", children_of(server)),
-    )?;
-    let killed: Vec<u32> = children_of(server).iter().map(|&(pid, _)| pid).collect();
-    for &pid in &killed {
-        let fd = pidfd_of(pid).ok_or("spare pidfd")?;
-        rustix::process::pidfd_send_signal(&fd, rustix::process::Signal::KILL)?;
-        check(wait_fd(fd.as_fd(), GUARD), "spare died")?;
-    }
-    check(
-        eventually(|| {
-            let kids = children_of(server);
-            kids.len() == 2
-                && kids
-                    .iter()
-                    .all(|&(pid, st)| st != 'Z' && !killed.contains(&pid))
-        }),
-        format!(
-            "dead spares reaped, two new ones: {:?}",
-            children_of(server)
-        ),
-    )?;
-    let mut q = Process::builder(quick, ())
-        .start_method(StartMethod::ForkServer)
-        .start()?;
-    check(q.join()? == 7, "a child after the spares died")?;
-    check(
-        herd::forkserver_pid() == Some(server),
-        "the same forkserver",
-    )
-}
-
 fn not_initialized_is_an_error() -> Result<(), Failed> {
     let (_, text) = run_helper("no-init")?;
     check(
@@ -1112,16 +1042,6 @@ fn role(name: &str) -> ! {
             }
             std::process::exit(0)
         }
-        "forkserver-spares" => match forkserver_spares() {
-            Ok(()) => {
-                println!("spares replaced");
-                std::process::exit(0)
-            }
-            Err(e) => {
-                println!("{e:?}");
-                std::process::exit(1)
-            }
-        },
         "forkserver-restart" => match forkserver_restart() {
             Ok(()) => {
                 println!("replaced");
@@ -1254,10 +1174,6 @@ fn main() {
         Trial::test(
             "forkserver_killed_is_replaced",
             forkserver_killed_is_replaced,
-        ),
-        Trial::test(
-            "forkserver_spares_killed_are_replaced",
-            forkserver_spares_killed_are_replaced,
         ),
         Trial::test("parent_sigkill_ends_children", parent_sigkill_ends_children),
         Trial::test(

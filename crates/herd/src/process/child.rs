@@ -196,6 +196,9 @@ fn serve_one(stream: &mut UnixStream, real: bool) -> i32 {
         });
     }
     if send(stream, &Reply::Accepted).is_err() {
+        // The parent is gone: leave without running the arguments' drops
+        // (as an exit here always did).
+        std::mem::forget(call);
         return 3;
     }
     let (reply, code) = match call() {

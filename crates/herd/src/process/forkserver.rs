@@ -438,6 +438,7 @@ pub(crate) fn serve(boot: OwnedFd, parent_pidfd: OwnedFd) -> ! {
         children: Vec::new(),
         spares: Vec::new(),
         fresh: None,
+        retry_at: None,
     };
     server.run()
 }
@@ -451,7 +452,13 @@ struct Server {
     spares: Vec<Spare>,
     /// The child last handed off, and when.
     fresh: Option<(u32, Instant)>,
+    /// After a failed fork of a spare: not before then.
+    retry_at: Option<Instant>,
 }
+
+/// How long the server waits before it forks a spare again after a fork
+/// failed (out of processes, memory or descriptors).
+const FORK_RETRY: Duration = Duration::from_millis(50);
 
 /// How long the server leaves the CPUs to a child it has just started
 /// before it forks the next spare (unless that child exits sooner).
@@ -470,9 +477,12 @@ impl Server {
             // right after the hand-off took a CPU from that child and from
             // the parent just when both woke (see DESIGN.md, "Where a
             // forkserver start goes").
-            let idle = (self.spares.len() < SPARES).then(|| match self.fresh {
-                Some((pid, at)) if self.children.iter().any(|c| c.pid == pid) => at + SETTLE,
-                _ => Instant::now(),
+            let idle = (self.spares.len() < SPARES).then(|| {
+                let settled = match self.fresh {
+                    Some((pid, at)) if self.children.iter().any(|c| c.pid == pid) => at + SETTLE,
+                    _ => Instant::now(),
+                };
+                self.retry_at.map_or(settled, |r| r.max(settled))
             });
             let ready = {
                 let mut fds: Vec<BorrowedFd<'_>> =
@@ -485,12 +495,14 @@ impl Server {
                 }
             };
             if !ready.iter().any(|r| *r) {
-                if let Ok(spare) = self.fork_spare() {
-                    self.spares.push(spare);
-                } else {
-                    // Out of processes or memory: try again when a child
-                    // ends rather than spin.
-                    self.fresh = self.children.last().map(|c| (c.pid, Instant::now()));
+                match self.fork_spare(true) {
+                    Ok(spare) => {
+                        self.spares.push(spare);
+                        self.retry_at = None;
+                    }
+                    // Out of processes, memory or descriptors: back off
+                    // rather than spin (a start still forks on demand).
+                    Err(_) => self.retry_at = Some(Instant::now() + FORK_RETRY),
                 }
                 continue;
             }
@@ -500,9 +512,12 @@ impl Server {
             let spare_slots = self.spares.len();
             for i in (0..spare_slots).rev() {
                 if ready[2 + i] {
-                    // A spare died while idle (killed from outside): reap it.
+                    // A spare died while idle (killed from outside): reap
+                    // it, or keep it with the children until it can be.
                     let spare = self.spares.remove(i);
-                    let _ = os::reap_nohang(spare.served.pidfd.as_fd());
+                    if !matches!(os::reap_nohang(spare.served.pidfd.as_fd()), Ok(Some(_))) {
+                        self.children.push(spare.served);
+                    }
                 }
             }
             // Reap the children that exited and report their status.
@@ -575,7 +590,8 @@ impl Server {
     /// one if there is none); returns its pid, a pidfd and the status pipe.
     fn start_child(&mut self, got: Vec<OwnedFd>) -> io::Result<()> {
         let spare = if self.spares.is_empty() {
-            self.fork_spare()?
+            // Forked for this request: no rehearsal on its critical path.
+            self.fork_spare(false)?
         } else {
             self.spares.remove(0)
         };
@@ -603,8 +619,9 @@ impl Server {
         Ok(())
     }
 
-    /// Forks a spare child that waits for its task's fds.
-    fn fork_spare(&self) -> io::Result<Spare> {
+    /// Forks a spare child that waits for its task's fds (after a
+    /// rehearsal, if `rehearse` and no request is waiting yet).
+    fn fork_spare(&self, rehearse: bool) -> io::Result<Spare> {
         let (status_r, status_w) = os::pipe()?;
         // The parent polls the status without blocking.
         os::set_nonblocking(status_r.as_fd())?;
@@ -616,7 +633,7 @@ impl Server {
                 // In the child: nothing of the server's state is ours.
                 os::close_fds_except(3, &[ctl_child.as_raw_fd(), status_r.as_raw_fd()]);
                 std::mem::forget((ctl, status_w));
-                spare_main(self.me, ctl_child, status_r)
+                spare_main(self.me, ctl_child, status_r, rehearse)
             }
             Some(pid) => {
                 drop(ctl_child);
@@ -649,7 +666,7 @@ impl Server {
 }
 
 /// A spare child: set up, then wait for the bootstrap socket and stdio.
-fn spare_main(server: u32, ctl: OwnedFd, status_r: OwnedFd) -> ! {
+fn spare_main(server: u32, ctl: OwnedFd, status_r: OwnedFd, rehearse: bool) -> ! {
     let ready = os::new_process_group().is_ok()
         && os::kill_group_on_parent_death().is_ok()
         && os::getppid() == server;
@@ -657,7 +674,7 @@ fn spare_main(server: u32, ctl: OwnedFd, status_r: OwnedFd) -> ! {
         os::exit_now(3);
     }
     // While no request is waiting, take every child's page faults now.
-    if !os::wait_readable(&[ctl.as_fd()], Some(Instant::now())).is_ok_and(|r| r[0]) {
+    if rehearse && !os::wait_readable(&[ctl.as_fd()], Some(Instant::now())).is_ok_and(|r| r[0]) {
         super::child::rehearse();
     }
     let mut buf = [0u8; 8];

@@ -1,0 +1,312 @@
+//! The forkserver's two spares: replaced when killed while idle, gone with
+//! a SIGKILLed parent, and no busy loop when a spare cannot be forked.
+//!
+//! `harness = false`, like `process.rs`: `main` calls `herd::init()` first
+//! and the binary also plays helper programs when `HERD_TEST_ROLE` is set
+//! (anything that starves or kills forkserver processes runs in a helper,
+//! with a forkserver of its own, so that no other test's child is killed).
+//!
+//! `forkserver_one_spare_fork_failure_does_not_spin` failed at 1938c30 (found
+//! in review): with no children and a second spare that could not be
+//! forked, the server retried the fork in a busy loop (0.5 s of CPU in
+//! 0.5 s).
+
+use std::os::fd::AsFd;
+use std::process::{Command, Stdio as StdStdio};
+use std::time::Duration;
+
+use herd::{Process, StartMethod};
+use herd_testkit::{GUARD, check, eventually, eventually_within, pidfd_of, wait_fd};
+use libtest_mimic::{Arguments, Failed, Trial};
+
+#[herd::task]
+fn quick() -> u8 {
+    7
+}
+
+fn helper(role: &str) -> Command {
+    let mut c = Command::new(std::env::current_exe().expect("current_exe"));
+    c.env("HERD_TEST_ROLE", role)
+        .stdin(StdStdio::piped())
+        .stdout(StdStdio::piped());
+    c
+}
+
+fn run_helper(role: &str) -> Result<(std::process::ExitStatus, String), Failed> {
+    Ok(herd_testkit::run_guarded(helper(role))?)
+}
+
+/// The children of `parent` and their states (from /proc/*/stat).
+fn children_of(parent: u32) -> Vec<(u32, char)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let mut rest = stat.rsplit_once(')')?.1.split_whitespace();
+        let state = rest.next()?.chars().next()?;
+        let ppid: u32 = rest.next()?.parse().ok()?;
+        (ppid == parent).then_some((pid, state))
+    })
+    .collect()
+}
+
+fn live_children(parent: u32) -> Vec<u32> {
+    children_of(parent)
+        .into_iter()
+        .filter(|&(_, st)| st != 'Z')
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// utime + stime of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f.get(11).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+}
+
+fn open_fds(pid: u32) -> Vec<u32> {
+    let mut v: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_unstable();
+    v
+}
+
+/// The server can fork one spare but not a second one (its fd limit lets
+/// `pipe` + `socketpair` succeed once), and it has no children: it must
+/// back off between attempts, not retry in a busy loop.
+fn one_spare_spin() -> Result<(), Failed> {
+    let mut p = Process::builder(quick, ())
+        .start_method(StartMethod::ForkServer)
+        .start()?;
+    check(p.join()? == 7, "first child")?;
+    let server = herd::forkserver_pid().ok_or("no forkserver")?;
+    check(
+        eventually(|| live_children(server).len() == 2),
+        format!("two spares: {:?}", children_of(server)),
+    )?;
+    let fds = open_fds(server);
+    // Two spares hold 8 fds in the server (pidfd, status_w, ctl, status_r
+    // each); with them gone `fds.len() - 8` remain. Allow 5 free slots:
+    // one spare (4 at once) fits, a second does not.
+    let limit = (fds.len() - 8 + 5) as u64;
+    let pid = rustix::process::Pid::from_raw(server as i32).ok_or("pid")?;
+    rustix::process::prlimit(
+        Some(pid),
+        rustix::process::Resource::Nofile,
+        rustix::process::Rlimit {
+            current: Some(limit),
+            maximum: rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum,
+        },
+    )?;
+    let spares = live_children(server);
+    let before = cpu_ticks(server);
+    for &s in &spares {
+        let fd = pidfd_of(s).ok_or("spare pidfd")?;
+        rustix::process::pidfd_send_signal(&fd, rustix::process::Signal::KILL)?;
+        check(wait_fd(fd.as_fd(), GUARD), "spare died")?;
+    }
+    check(
+        eventually(|| {
+            let kids = children_of(server);
+            kids.len() == 1
+                && kids
+                    .iter()
+                    .all(|&(pid, st)| st != 'Z' && !spares.contains(&pid))
+        }),
+        format!(
+            "one new spare, dead ones reaped: {:?} (fds {fds:?}, limit {limit})",
+            children_of(server)
+        ),
+    )?;
+    // An idle server takes no CPU; a spinning one takes a whole CPU.
+    // Spinning, 50 ticks (at 100 Hz) take half a second.
+    let spun = eventually_within(Duration::from_secs(2), || cpu_ticks(server) >= before + 50);
+    let after = cpu_ticks(server);
+    println!(
+        "server cpu ticks {before} -> {after}, spares now {:?}, fds {fds:?}, limit {limit}",
+        children_of(server)
+    );
+    check(
+        !spun,
+        "the server with one spare and no children spins at 100% CPU",
+    )
+}
+
+/// Runs in a helper process (killing spares under the other tests could
+/// kill one just handed their task): the forkserver keeps two spares, reaps
+/// those killed while idle and forks new ones, and starts work after.
+fn forkserver_spares_killed_are_replaced() -> Result<(), Failed> {
+    let (status, text) = run_helper("forkserver-spares")?;
+    check(
+        status.success() && text.contains("spares replaced"),
+        format!("helper said {text:?}"),
+    )
+}
+
+fn forkserver_spares() -> Result<(), Failed> {
+    let mut p = Process::builder(quick, ())
+        .start_method(StartMethod::ForkServer)
+        .start()?;
+    check(p.join()? == 7, "first child")?;
+    let server = herd::forkserver_pid().ok_or("no forkserver")?;
+    check(
+        eventually(|| {
+            let kids = children_of(server);
+            kids.len() == 2 && kids.iter().all(|&(_, st)| st != 'Z')
+        }),
+        format!("two spares ready: {:?}", children_of(server)),
+    )?;
+    let killed: Vec<u32> = children_of(server).iter().map(|&(pid, _)| pid).collect();
+    for &pid in &killed {
+        let fd = pidfd_of(pid).ok_or("spare pidfd")?;
+        rustix::process::pidfd_send_signal(&fd, rustix::process::Signal::KILL)?;
+        check(wait_fd(fd.as_fd(), GUARD), "spare died")?;
+    }
+    check(
+        eventually(|| {
+            let kids = children_of(server);
+            kids.len() == 2
+                && kids
+                    .iter()
+                    .all(|&(pid, st)| st != 'Z' && !killed.contains(&pid))
+        }),
+        format!(
+            "dead spares reaped, two new ones: {:?}",
+            children_of(server)
+        ),
+    )?;
+    let mut q = Process::builder(quick, ())
+        .start_method(StartMethod::ForkServer)
+        .start()?;
+    check(q.join()? == 7, "a child after the spares died")?;
+    check(
+        herd::forkserver_pid() == Some(server),
+        "the same forkserver",
+    )
+}
+
+fn forkserver_one_spare_fork_failure_does_not_spin() -> Result<(), Failed> {
+    let (status, text) = run_helper("one-spare-spin")?;
+    check(
+        status.success() && text.contains("no spin"),
+        format!("helper said {text:?}"),
+    )
+}
+
+/// The helper (the parent) is SIGKILLed with a forkserver holding two idle
+/// spares: the server and both spares must die.
+fn parent_sigkill_kills_both_spares() -> Result<(), Failed> {
+    use std::io::BufRead;
+    let mut child = helper("spares-then-block").spawn()?;
+    let out = child.stdout.take().ok_or("stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(out).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(GUARD)?;
+    let pids: Vec<u32> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    check(pids.len() == 3, format!("helper said {line:?}"))?;
+    let fds: Vec<_> = pids.iter().map(|&p| pidfd_of(p)).collect();
+    child.kill()?;
+    let _ = child.wait();
+    for (pid, fd) in pids.iter().zip(&fds) {
+        let fd = fd.as_ref().ok_or("pidfd")?;
+        check(
+            wait_fd(fd.as_fd(), GUARD),
+            format!("{pid} outlived the parent"),
+        )?;
+    }
+    Ok(())
+}
+
+fn spares_then_block() -> Result<(), Failed> {
+    let mut p = Process::builder(quick, ())
+        .start_method(StartMethod::ForkServer)
+        .start()?;
+    check(p.join()? == 7, "first child")?;
+    let server = herd::forkserver_pid().ok_or("no forkserver")?;
+    check(
+        eventually(|| live_children(server).len() == 2),
+        "two spares",
+    )?;
+    let spares = live_children(server);
+    println!("{server} {} {}", spares[0], spares[1]);
+    loop {
+        std::thread::park();
+    }
+}
+
+fn role(name: &str) -> ! {
+    match name {
+        "spares-then-block" => {
+            let e = spares_then_block();
+            println!("{e:?}");
+            std::process::exit(1)
+        }
+        "forkserver-spares" => match forkserver_spares() {
+            Ok(()) => {
+                println!("spares replaced");
+                std::process::exit(0)
+            }
+            Err(e) => {
+                println!("{e:?}");
+                std::process::exit(1)
+            }
+        },
+        "one-spare-spin" => match one_spare_spin() {
+            Ok(()) => {
+                println!("no spin");
+                std::process::exit(0)
+            }
+            Err(e) => {
+                println!("{e:?}");
+                std::process::exit(1)
+            }
+        },
+        other => {
+            eprintln!("unknown role {other}");
+            std::process::exit(2)
+        }
+    }
+}
+
+fn main() {
+    herd::init();
+    if let Ok(r) = std::env::var("HERD_TEST_ROLE") {
+        role(&r);
+    }
+    let args = Arguments::from_args();
+    let tests = vec![
+        Trial::test(
+            "forkserver_spares_killed_are_replaced",
+            forkserver_spares_killed_are_replaced,
+        ),
+        Trial::test(
+            "forkserver_one_spare_fork_failure_does_not_spin",
+            forkserver_one_spare_fork_failure_does_not_spin,
+        ),
+        Trial::test(
+            "parent_sigkill_kills_both_spares",
+            parent_sigkill_kills_both_spares,
+        ),
+    ];
+    libtest_mimic::run(&args, tests).exit();
+}
