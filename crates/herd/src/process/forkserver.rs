@@ -484,17 +484,34 @@ impl Server {
                 };
                 self.retry_at.map_or(settled, |r| r.max(settled))
             });
+            // The child just handed off is not watched for `SETTLE` either:
+            // its exit would wake the server (on another CPU, as likely as
+            // not) at the moment the parent waits for that very exit. Its
+            // status is reported when the window closes.
+            let now = Instant::now();
+            let quiet = self.fresh.filter(|&(_, at)| now < at + SETTLE);
+            let watched: Vec<usize> = (0..self.children.len())
+                .filter(|&i| quiet.is_none_or(|(pid, _)| self.children[i].pid != pid))
+                .collect();
+            let wake_at = match (idle, quiet) {
+                (Some(i), Some((_, at))) => Some(i.min(at + SETTLE)),
+                (i, q) => i.or(q.map(|(_, at)| at + SETTLE)),
+            };
             let ready = {
                 let mut fds: Vec<BorrowedFd<'_>> =
                     vec![self.conn.as_fd(), self.parent_pidfd.as_fd()];
                 fds.extend(self.spares.iter().map(|s| s.served.pidfd.as_fd()));
-                fds.extend(self.children.iter().map(|c| c.pidfd.as_fd()));
-                match os::wait_readable(&fds, idle) {
+                fds.extend(watched.iter().map(|&i| self.children[i].pidfd.as_fd()));
+                match os::wait_readable(&fds, wake_at) {
                     Ok(r) => r,
                     Err(_) => self.shutdown(),
                 }
             };
             if !ready.iter().any(|r| *r) {
+                if idle.is_none_or(|i| Instant::now() < i) {
+                    // Only the quiet window ended: look at every child.
+                    continue;
+                }
                 match self.fork_spare(true) {
                     Ok(spare) => {
                         self.spares.push(spare);
@@ -525,7 +542,7 @@ impl Server {
                 .iter()
                 .enumerate()
                 .filter(|(_, r)| **r)
-                .map(|(i, _)| i)
+                .map(|(k, _)| watched[k])
                 .collect();
             for i in exited.into_iter().rev() {
                 if let Ok(Some(st)) = os::reap_nohang(self.children[i].pidfd.as_fd()) {
