@@ -92,12 +92,12 @@ pub fn init() {
                     .is_ok_and(|r| !r[0]);
             if armed {
                 drop(parent);
-                child_main(sock, None)
+                child_main(sock, None, None)
             } else {
-                child_main(sock, Some(parent))
+                child_main(sock, Some(parent), None)
             }
         }
-        Role::Child => child_main(sock, Some(parent)),
+        Role::Child => child_main(sock, Some(parent), None),
         Role::ForkServer => super::forkserver::serve(sock, parent),
     }));
     let _ = outcome;
@@ -132,13 +132,13 @@ pub(crate) fn next_child_identity() -> (Vec<u32>, String) {
 /// exact, and the forkserver kills its children's groups when the parent
 /// dies), or a child spawned from the parent's main thread. Skipping the
 /// thread saves its start-up and tear-down on every child.
-pub(crate) fn child_main(sock: OwnedFd, watch: Option<OwnedFd>) -> ! {
+pub(crate) fn child_main(sock: OwnedFd, watch: Option<OwnedFd>, gate: Option<OwnedFd>) -> ! {
     task::install_panic_hook();
     if let Some(parent) = watch {
         start_watchdog(parent);
     }
     let mut stream = UnixStream::from(sock);
-    let code = serve_one(&mut stream, true);
+    let code = serve_one(&mut stream, true, gate);
     drop(stream);
     std::process::exit(code)
 }
@@ -146,46 +146,30 @@ pub(crate) fn child_main(sock: OwnedFd, watch: Option<OwnedFd>) -> ! {
 /// The conversation of one child: reads the request, checks it, answers
 /// `Accepted` or a refusal, runs the task and sends its outcome. Returns
 /// the exit code. `real` is false for a rehearsal, which leaves this
-/// process's identity alone.
-fn serve_one(stream: &mut UnixStream, real: bool) -> i32 {
+/// process's identity alone. With a `gate` (a forkserver child's control
+/// socket), nothing is written before a byte arrives on it: the server
+/// writes the parent's hello on our socket after it woke us, and says so
+/// there.
+fn serve_one(stream: &mut UnixStream, real: bool, gate: Option<OwnedFd>) -> i32 {
     let Ok((body, passed)) = protocol::read_frame_blocking(stream) else {
         // The parent went away during the bootstrap.
         return 3;
     };
-    let request: Request = match task::decode(&body) {
-        Ok(r) => r,
-        Err(reason) => return refuse(stream, Refusal::Malformed { reason }),
-    };
-    let child_build = task::build_id();
-    if request.build_id != child_build {
-        return refuse(
-            stream,
-            Refusal::BuildMismatch {
-                parent: request.build_id,
-                child: child_build,
-            },
-        );
-    }
-    let entry = match task::find_by_name(&request.task) {
-        Ok(Some(e)) => e,
-        Ok(None) => return refuse(stream, Refusal::UnknownTask { name: request.task }),
-        Err(()) => return refuse(stream, Refusal::AmbiguousTask { name: request.task }),
-    };
-    if (entry.fingerprint)() != request.fingerprint {
-        return refuse(stream, Refusal::FingerprintMismatch { name: request.task });
-    }
-    // A `Deserialize` impl may panic; that is a refusal, not a crash.
-    let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        ipc::provide_fds(passed, || (entry.prepare)(&request.args))
-    }));
-    let call = match prepared {
-        Ok(Ok(call)) => call,
-        Ok(Err(reason)) => return refuse(stream, Refusal::ArgsDecode { reason }),
-        Err(payload) => {
-            let report = task::PanicReport::from_payload(&*payload);
-            let reason = format!("deserializing the arguments {report}");
-            return refuse(stream, Refusal::ArgsDecode { reason });
+    let decided = decide(&body, passed);
+    if let Some(gate) = gate {
+        let mut one = [0u8; 1];
+        if !matches!(os::recv_with_fds(gate.as_fd(), &mut one), Ok((1, _))) {
+            // The server died before it wrote the hello: any word from us
+            // would come first and be misread.
+            if let Ok((call, _)) = decided {
+                std::mem::forget(call);
+            }
+            return 3;
         }
+    }
+    let (call, request) = match decided {
+        Ok(ready) => ready,
+        Err(refusal) => return refuse(stream, refusal),
     };
     if real {
         let _ = IDENTITY.set(Identity {
@@ -209,6 +193,41 @@ fn serve_one(stream: &mut UnixStream, real: bool) -> i32 {
     // If the parent is gone nobody wants the result; exit all the same.
     let _ = send(stream, &reply);
     code
+}
+
+/// Checks a request and decodes its arguments: the task to run, or why
+/// not.
+fn decide(body: &[u8], passed: Vec<OwnedFd>) -> Result<(task::PreparedTask, Request), Refusal> {
+    let request: Request = task::decode(body).map_err(|reason| Refusal::Malformed { reason })?;
+    let child_build = task::build_id();
+    if request.build_id != child_build {
+        return Err(Refusal::BuildMismatch {
+            parent: request.build_id,
+            child: child_build,
+        });
+    }
+    let entry = match task::find_by_name(&request.task) {
+        Ok(Some(e)) => e,
+        Ok(None) => return Err(Refusal::UnknownTask { name: request.task }),
+        Err(()) => return Err(Refusal::AmbiguousTask { name: request.task }),
+    };
+    if (entry.fingerprint)() != request.fingerprint {
+        return Err(Refusal::FingerprintMismatch { name: request.task });
+    }
+    // A `Deserialize` impl may panic; that is a refusal, not a crash.
+    let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ipc::provide_fds(passed, || (entry.prepare)(&request.args))
+    }));
+    match prepared {
+        Ok(Ok(call)) => Ok((call, request)),
+        Ok(Err(reason)) => Err(Refusal::ArgsDecode { reason }),
+        Err(payload) => {
+            let report = task::PanicReport::from_payload(&*payload);
+            Err(Refusal::ArgsDecode {
+                reason: format!("deserializing the arguments {report}"),
+            })
+        }
+    }
 }
 
 /// Does nothing: what a spare runs in its rehearsal.
@@ -249,7 +268,7 @@ pub(crate) fn rehearse() {
         return;
     }
     let mut theirs = theirs;
-    serve_one(&mut theirs, false);
+    serve_one(&mut theirs, false, None);
     // The parent's side: read the two replies back.
     drop(theirs);
     let mut sink = Vec::new();

@@ -612,19 +612,23 @@ impl Server {
         } else {
             self.spares.remove(0)
         };
-        // The hello first, on the child's own socket before the child has
-        // it (so it comes before anything the child sends): the parent
-        // learns the pid, a pidfd and the status pipe from the server and
-        // returns from `start` while the spare wakes and sets up, rather
-        // than after one more wake-up (server, then spare, then parent).
+        // Wake the spare first (it takes the server's CPU, which is about
+        // to go idle, rather than an idle one), then write the hello on the
+        // child's socket — the parent learns the pid, a pidfd and the
+        // status pipe from the server — then tell the spare the hello is
+        // there: it writes nothing on its socket before that, so the hello
+        // always comes first.
         let hello = hello_bytes(HELLO, spare.served.pid);
         let fds: Vec<BorrowedFd<'_>> = got.iter().map(AsFd::as_fd).collect();
-        let sent = os::send_with_fds(
-            fds[0],
-            &hello,
-            &[spare.served.pidfd.as_fd(), spare.status_r.as_fd()],
-        )
-        .and_then(|()| os::send_with_fds(spare.served.ctl.as_fd(), b"go", &fds));
+        let sent = os::send_with_fds(spare.served.ctl.as_fd(), b"go", &fds)
+            .and_then(|()| {
+                os::send_with_fds(
+                    fds[0],
+                    &hello,
+                    &[spare.served.pidfd.as_fd(), spare.status_r.as_fd()],
+                )
+            })
+            .and_then(|()| os::send_with_fds(spare.served.ctl.as_fd(), b"h", &[]));
         if let Err(e) = sent {
             let _ = os::pidfd_signal(spare.served.pidfd.as_fd(), Signal::KILL);
             self.children.push(spare.served);
@@ -694,13 +698,14 @@ fn spare_main(server: u32, ctl: OwnedFd, status_r: OwnedFd, rehearse: bool) -> !
     if rehearse && !os::wait_readable(&[ctl.as_fd()], Some(Instant::now())).is_ok_and(|r| r[0]) {
         super::child::rehearse();
     }
-    let mut buf = [0u8; 8];
+    // Exactly the 2 bytes of `go`: the server's `h` that follows is read
+    // before the child's first reply.
+    let mut buf = [0u8; 2];
     let got = match os::recv_with_fds(ctl.as_fd(), &mut buf) {
-        Ok((n, got)) if n > 0 && got.len() == 4 => got,
+        Ok((2, got)) if buf == *b"go" && got.len() == 4 => got,
         // The server went away (or sent nonsense): nothing to run.
         _ => os::exit_now(0),
     };
-    drop(ctl);
     let mut got = got.into_iter();
     let (Some(sock), Some(i), Some(o), Some(e)) = (got.next(), got.next(), got.next(), got.next())
     else {
@@ -712,11 +717,11 @@ fn spare_main(server: u32, ctl: OwnedFd, status_r: OwnedFd, rehearse: bool) -> !
     if !wired {
         os::exit_now(3);
     }
-    // The server sent the parent our hello (pid, pidfd, status pipe).
+    // The server writes the parent our hello (pid, pidfd, status pipe).
     drop((i, o, e, status_r));
     // Never unwind into the server's frames (their fds are closed here).
     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-        super::child::child_main(sock, None)
+        super::child::child_main(sock, None, Some(ctl))
     }));
     os::exit_now(3)
 }
