@@ -31,17 +31,31 @@ fn record(implementation: &str, value: f64) {
 /// One measured implementation: a name and one start+join round.
 type Case<'a> = (&'static str, Box<dyn FnMut() -> Result<(), String> + 'a>);
 
-/// Runs every case `reps` times, round-robin (one round of each, then the
-/// next), so drift on a shared machine hits all of them alike; returns each
-/// case's median in microseconds, or its first error.
+/// Runs every case `reps` times in rounds (one run of each, then the next
+/// round), so drift on a shared machine hits all of them alike; each round
+/// takes the cases in a fresh order (a fixed-seed shuffle), so that the
+/// work one case leaves behind (a forkserver forking its next spare, a
+/// child's teardown) falls on every other case alike rather than always on
+/// the one listed after it. Returns each case's median in microseconds, or
+/// its first error.
 fn interleaved(reps: usize, cases: &mut [Case<'_>]) -> Vec<(&'static str, Result<f64, String>)> {
     let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(reps); cases.len()];
     let mut errors: Vec<Option<String>> = vec![None; cases.len()];
+    let mut order: Vec<usize> = (0..cases.len()).collect();
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     for round in 0..reps + 3 {
-        for (i, (_, f)) in cases.iter_mut().enumerate() {
+        // Fisher-Yates with xorshift64: reproducible from run to run.
+        for k in (1..order.len()).rev() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            order.swap(k, (seed % (k as u64 + 1)) as usize);
+        }
+        for &i in &order {
             if errors[i].is_some() {
                 continue;
             }
+            let f = &mut cases[i].1;
             let t = Instant::now();
             let r = f();
             let us = t.elapsed().as_secs_f64() * 1e6;
