@@ -72,10 +72,15 @@ pub(crate) fn median(samples: &mut [f64]) -> f64 {
 /// Runs the Python baseline `script` (shipped in `python/`) with `args` and
 /// parses the one JSON object it prints. A missing `python3` or a failed run
 /// becomes a note on `suite`, and `None`.
-pub(crate) fn run_python(suite: &str, script: &str, args: &[String]) -> Option<serde_json::Value> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+/// The path of a Python baseline script shipped beside this crate.
+pub(crate) fn python_script(script: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("python")
-        .join(script);
+        .join(script)
+}
+
+pub(crate) fn run_python(suite: &str, script: &str, args: &[String]) -> Option<serde_json::Value> {
+    let path = python_script(script);
     match std::process::Command::new("python3")
         .arg(&path)
         .args(args)
