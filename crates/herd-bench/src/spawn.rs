@@ -224,6 +224,16 @@ pub(crate) fn run(quick: bool) {
             Err(e) => note(SUITE, &format!("{name} failed: {e}")),
         }
     }
+    // For comparison with earlier runs: Python's fork in a loop of its own
+    // after the rest, on a machine quiet but for it.
+    let alone = if quick { 25 } else { 200 };
+    if let Some(v) =
+        crate::report::run_python(SUITE, "spawn.py", &["fork".to_owned(), alone.to_string()])
+            .and_then(|j| j.get("median_us")?.as_f64())
+    {
+        record("python-fork-alone", v);
+        medians.insert("python-fork-alone".to_owned(), v);
+    }
     let ratio = |case: &str, implementation: &str, slow: &str, fast: &str| {
         if let (Some(s), Some(f)) = (medians.get(slow), medians.get(fast)) {
             emit(&Record {
@@ -240,6 +250,12 @@ pub(crate) fn run(quick: bool) {
         "trivial-vs-python-fork",
         "herd-forkserver",
         "python-fork",
+        "herd-forkserver",
+    );
+    ratio(
+        "trivial-vs-python-fork-alone",
+        "herd-forkserver",
+        "python-fork-alone",
         "herd-forkserver",
     );
     ratio(
