@@ -13,7 +13,7 @@
 
 use std::os::fd::AsFd;
 use std::process::{Command, Stdio as StdStdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use herd::{Process, StartMethod};
 use herd_testkit::{GUARD, check, eventually, eventually_within, pidfd_of, wait_fd};
@@ -198,6 +198,81 @@ fn forkserver_spares() -> Result<(), Failed> {
     )
 }
 
+fn marker() -> u32 {
+    std::thread::spawn(|| rustix::thread::gettid().as_raw_nonzero().get() as u32)
+        .join()
+        .expect("marker thread")
+}
+
+fn start_join() -> Result<Process<u8>, Failed> {
+    let mut p = Process::builder(quick, ())
+        .start_method(StartMethod::ForkServer)
+        .start()?;
+    check(p.join()? == 7, "result")?;
+    Ok(p)
+}
+
+/// In a helper (its own forkserver: other tests' starts would take
+/// spares too): back-to-back starts, each well under the 2 ms settle
+/// window, still find a spare forked ahead. A thread's tid comes from the
+/// same counter as a process's pid, so a marker tid taken just before each
+/// start is below the child's pid iff the child was forked after it, on
+/// demand. (From a review: with the window restarted by every start, from
+/// the third start on every child was forked on demand.)
+fn back_to_back() -> Result<(), Failed> {
+    drop(start_join()?);
+    let server = herd::forkserver_pid().ok_or("no forkserver")?;
+    check(
+        eventually(|| live_children(server).len() == 2),
+        "two spares before the loop",
+    )?;
+    let rounds = 30;
+    let mut on_demand = Vec::new();
+    let t0 = Instant::now();
+    for k in 0..rounds {
+        let m = marker();
+        let p = start_join()?;
+        // Pid wrap-around aside, a pid above the marker was allocated after it.
+        if p.pid() > m && p.pid() - m < 1 << 20 {
+            on_demand.push(k);
+        }
+    }
+    let per_round = t0.elapsed().as_micros() / rounds as u128;
+    // Second, separate: how long exitcode() takes right after join.
+    let mut exitcode_us = Vec::new();
+    for _ in 0..10 {
+        let p = start_join()?;
+        let t = Instant::now();
+        let code = p.exitcode();
+        exitcode_us.push(t.elapsed().as_micros());
+        check(code == Some(0), format!("exitcode {code:?}"))?;
+    }
+    exitcode_us.sort_unstable();
+    eprintln!(
+        "rounds {rounds}, {per_round} us each; children forked on demand in rounds \
+         {on_demand:?}; exitcode() right after join: median {} us, max {} us",
+        exitcode_us[exitcode_us.len() / 2],
+        exitcode_us[exitcode_us.len() - 1]
+    );
+    check(
+        on_demand.len() <= rounds / 4,
+        format!(
+            "{} of {rounds} back-to-back starts forked their child on demand \
+             (rounds {on_demand:?}): the spares are never replaced while starts \
+             come faster than the 2 ms window",
+            on_demand.len()
+        ),
+    )
+}
+
+fn back_to_back_starts_use_spares() -> Result<(), Failed> {
+    let (status, text) = run_helper("back-to-back")?;
+    check(
+        status.success() && text.contains("spares used"),
+        format!("helper said {text:?}"),
+    )
+}
+
 fn forkserver_one_spare_fork_failure_does_not_spin() -> Result<(), Failed> {
     let (status, text) = run_helper("one-spare-spin")?;
     check(
@@ -271,6 +346,16 @@ fn role(name: &str) -> ! {
                 std::process::exit(1)
             }
         },
+        "back-to-back" => match back_to_back() {
+            Ok(()) => {
+                println!("spares used");
+                std::process::exit(0)
+            }
+            Err(e) => {
+                println!("{e:?}");
+                std::process::exit(1)
+            }
+        },
         "one-spare-spin" => match one_spare_spin() {
             Ok(()) => {
                 println!("no spin");
@@ -298,6 +383,10 @@ fn main() {
         Trial::test(
             "forkserver_spares_killed_are_replaced",
             forkserver_spares_killed_are_replaced,
+        ),
+        Trial::test(
+            "back_to_back_starts_use_spares",
+            back_to_back_starts_use_spares,
         ),
         Trial::test(
             "forkserver_one_spare_fork_failure_does_not_spin",

@@ -91,7 +91,9 @@ impl ChildRecord {
         lock(&self.status).is_some()
     }
 
-    /// The exit status if the child has exited (reaping it); never blocks.
+    /// The exit status if the child has exited (reaping it). Blocks only for
+    /// a forkserver child that has died, until the server has reported its
+    /// status (asked to reap it at once).
     pub(crate) fn poll_exit(&self) -> io::Result<Option<ExitStatus>> {
         self.poll_exit_inner(true)
     }
@@ -117,14 +119,21 @@ impl ChildRecord {
             Link::Direct { pidfd } => os::reap_nohang(pidfd.as_fd()),
             // The pipe is non-blocking and the forkserver writes the 8
             // bytes in one `write` (atomic for a pipe), then closes it.
-            Link::Served { status, pidfd, .. } => {
+            Link::Served {
+                status,
+                pidfd,
+                server,
+            } => {
                 let mut got = os::read_nonblocking(status.as_fd(), 8)?;
                 if got.is_none()
                     && wait_report
                     && os::wait_readable(&[pidfd.as_fd()], Some(Instant::now()))?[0]
                 {
-                    // Dead: the forkserver is reaping it; its report is
-                    // microseconds away (or the pipe hangs up if it died).
+                    // Dead: ask the forkserver to reap it now (it leaves a
+                    // child it has just started alone for a moment); its
+                    // report is then microseconds away, or the pipe hangs
+                    // up if the server died.
+                    let _ = server.reap(self.pid);
                     let guard = Instant::now() + Duration::from_secs(5);
                     if os::wait_readable(&[status.as_fd()], Some(guard))?[0] {
                         got = os::read_nonblocking(status.as_fd(), 8)?;

@@ -37,6 +37,9 @@ enum ServerRequest {
     Spawn,
     /// Signal the group of an unreaped child.
     SignalGroup { pid: u32, signal: i32 },
+    /// Reap the child now if it has exited, and report its status on its
+    /// pipe (the parent wants it and would wait out the settle window).
+    Reap { pid: u32 },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -51,6 +54,7 @@ enum ServerReply {
     Signalled {
         delivered: bool,
     },
+    Reaped,
     SignalFailed {
         errno: i32,
     },
@@ -319,6 +323,23 @@ impl ForkServer {
         })
     }
 
+    /// Asks the server to reap child `pid` now if it has exited (its status
+    /// then comes on the child's pipe).
+    pub(crate) fn reap(&self, pid: u32) -> io::Result<()> {
+        let (reply, _) = self.call(
+            &ServerRequest::Reap { pid },
+            &[],
+            Instant::now().checked_add(SERVER_TIMEOUT),
+        )?;
+        match reply {
+            ServerReply::Reaped => Ok(()),
+            other => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("unexpected forkserver reply {other:?}"),
+            )),
+        }
+    }
+
     /// Signals the group of child `pid`, if the server has not reaped it.
     pub(crate) fn signal_group(&self, pid: u32, sig: Signal) -> io::Result<()> {
         let req = ServerRequest::SignalGroup {
@@ -397,6 +418,12 @@ struct Served {
     ctl: OwnedFd,
 }
 
+/// Why `start_child` failed: before or after the hello went to the parent.
+enum Unstarted {
+    Before(io::Error),
+    After,
+}
+
 /// A child forked ahead of the next request, waiting on `ctl` for its
 /// bootstrap socket and stdio. Forking ahead takes the fork (and the
 /// child's copy-on-write faults) off the critical path of `start`.
@@ -438,6 +465,7 @@ pub(crate) fn serve(boot: OwnedFd, parent_pidfd: OwnedFd) -> ! {
         children: Vec::new(),
         spares: Vec::new(),
         fresh: None,
+        refill_at: None,
         retry_at: None,
     };
     server.run()
@@ -452,6 +480,9 @@ struct Server {
     spares: Vec<Spare>,
     /// The child last handed off, and when.
     fresh: Option<(u32, Instant)>,
+    /// When to replace the spares taken since the server last had them
+    /// all: `SETTLE` after the first of them was taken.
+    refill_at: Option<Instant>,
     /// After a failed fork of a spare: not before then.
     retry_at: Option<Instant>,
 }
@@ -472,17 +503,16 @@ impl Server {
     fn run(&mut self) -> ! {
         let mut buf = vec![0u8; 4096];
         loop {
-            // Short of spares, fork one once the child last handed off has
-            // exited or had `SETTLE` to start (whichever is first): a fork
-            // right after the hand-off took a CPU from that child and from
-            // the parent just when both woke (see DESIGN.md, "Where a
-            // forkserver start goes").
+            // Short of spares, fork one `SETTLE` after the first was taken
+            // (at once when none is left): a fork right after a hand-off
+            // took a CPU from that child and from the parent just when both
+            // woke (see DESIGN.md, "Where a forkserver start goes").
             let idle = (self.spares.len() < SPARES).then(|| {
-                let settled = match self.fresh {
-                    Some((pid, at)) if self.children.iter().any(|c| c.pid == pid) => at + SETTLE,
+                let due = match self.refill_at {
+                    Some(at) if !self.spares.is_empty() => at,
                     _ => Instant::now(),
                 };
-                self.retry_at.map_or(settled, |r| r.max(settled))
+                self.retry_at.map_or(due, |r| r.max(due))
             });
             // The child just handed off is not watched for `SETTLE` either:
             // its exit would wake the server (on another CPU, as likely as
@@ -516,6 +546,9 @@ impl Server {
                     Ok(spare) => {
                         self.spares.push(spare);
                         self.retry_at = None;
+                        if self.spares.len() == SPARES {
+                            self.refill_at = None;
+                        }
                     }
                     // Out of processes, memory or descriptors: back off
                     // rather than spin (a start still forks on demand).
@@ -545,10 +578,7 @@ impl Server {
                 .map(|(k, _)| watched[k])
                 .collect();
             for i in exited.into_iter().rev() {
-                if let Ok(Some(st)) = os::reap_nohang(self.children[i].pidfd.as_fd()) {
-                    let c = self.children.swap_remove(i);
-                    let _ = os::write_once(c.status.as_fd(), &encode_status(st));
-                }
+                self.reap(i);
             }
             if ready[0] {
                 self.handle_request(&mut buf);
@@ -566,7 +596,10 @@ impl Server {
                 // No reply: the child answers the parent itself. A failure
                 // is written where the parent waits for that answer.
                 let sock = got[0].try_clone();
-                if let Err(e) = self.start_child(got)
+                // A failure before the hello is written there; after it,
+                // the parent learns of the child's death from its pidfd
+                // and status (a FAIL would be misread as a frame).
+                if let Err(Unstarted::Before(e)) = self.start_child(got)
                     && let Ok(sock) = sock
                 {
                     let errno = e.raw_os_error().unwrap_or(os::errno::EIO) as u32;
@@ -580,6 +613,12 @@ impl Server {
                         os::write_once(sock.as_fd(), &hello_bytes(FAIL, os::errno::EINVAL as u32));
                 }
                 return;
+            }
+            Ok(ServerRequest::Reap { pid }) => {
+                if let Some(i) = self.children.iter().position(|c| c.pid == pid) {
+                    self.reap(i);
+                }
+                ServerReply::Reaped
             }
             Ok(ServerRequest::SignalGroup { pid, signal }) => {
                 if self.children.iter().any(|c| c.pid == pid) {
@@ -603,32 +642,57 @@ impl Server {
         }
     }
 
+    /// Reaps child `i` if it has exited and reports its status on its pipe
+    /// (`swap_remove`: indices above `i` move).
+    fn reap(&mut self, i: usize) {
+        if let Ok(Some(st)) = os::reap_nohang(self.children[i].pidfd.as_fd()) {
+            let c = self.children.swap_remove(i);
+            let _ = os::write_once(c.status.as_fd(), &encode_status(st));
+        }
+    }
+
     /// Hands `got` (socket, stdin, stdout, stderr) to the spare (forking
     /// one if there is none); returns its pid, a pidfd and the status pipe.
-    fn start_child(&mut self, got: Vec<OwnedFd>) -> io::Result<()> {
-        let spare = if self.spares.is_empty() {
-            // Forked for this request: no rehearsal on its critical path.
-            self.fork_spare(false)?
-        } else {
-            self.spares.remove(0)
-        };
-        // Wake the spare first (it takes the server's CPU, which is about
-        // to go idle, rather than an idle one), then write the hello on the
-        // child's socket — the parent learns the pid, a pidfd and the
-        // status pipe from the server — then tell the spare the hello is
-        // there: it writes nothing on its socket before that, so the hello
-        // always comes first.
-        let hello = hello_bytes(HELLO, spare.served.pid);
+    fn start_child(&mut self, got: Vec<OwnedFd>) -> Result<(), Unstarted> {
         let fds: Vec<BorrowedFd<'_>> = got.iter().map(AsFd::as_fd).collect();
-        let sent = os::send_with_fds(spare.served.ctl.as_fd(), b"go", &fds)
-            .and_then(|()| {
-                os::send_with_fds(
-                    fds[0],
-                    &hello,
-                    &[spare.served.pidfd.as_fd(), spare.status_r.as_fd()],
-                )
-            })
-            .and_then(|()| os::send_with_fds(spare.served.ctl.as_fd(), b"h", &[]));
+        // A spare that died since the last poll refuses `go`: then one
+        // forked for this request (no rehearsal on its critical path).
+        let spare = loop {
+            let (spare, fresh_fork) = if self.spares.is_empty() {
+                (self.fork_spare(false).map_err(Unstarted::Before)?, true)
+            } else {
+                (self.spares.remove(0), false)
+            };
+            if self.refill_at.is_none() {
+                self.refill_at = Some(Instant::now() + SETTLE);
+            }
+            // Wake the spare first (it takes the server's CPU, which is
+            // about to go idle, rather than an idle one).
+            match os::send_with_fds(spare.served.ctl.as_fd(), b"go", &fds) {
+                Ok(()) => break spare,
+                Err(e) => {
+                    let _ = os::pidfd_signal(spare.served.pidfd.as_fd(), Signal::KILL);
+                    self.children.push(spare.served);
+                    if fresh_fork {
+                        return Err(Unstarted::Before(e));
+                    }
+                }
+            }
+        };
+        // Then the hello on the child's socket (the parent learns the pid,
+        // a pidfd and the status pipe from the server), then tell the
+        // spare the hello is there: it writes nothing on its socket before
+        // that, so the hello always comes first.
+        let hello = hello_bytes(HELLO, spare.served.pid);
+        let sent = os::send_with_fds(
+            fds[0],
+            &hello,
+            &[spare.served.pidfd.as_fd(), spare.status_r.as_fd()],
+        )
+        .map_err(Unstarted::Before)
+        .and_then(|()| {
+            os::send_with_fds(spare.served.ctl.as_fd(), b"h", &[]).map_err(|_| Unstarted::After)
+        });
         if let Err(e) = sent {
             let _ = os::pidfd_signal(spare.served.pidfd.as_fd(), Signal::KILL);
             self.children.push(spare.served);
