@@ -98,3 +98,40 @@ pub fn run_guarded(mut cmd: Command) -> Result<(ExitStatus, String), String> {
     let out = reader.join().map_err(|_| "reader thread panicked")?;
     Ok((status, out))
 }
+
+/// The environment variable that makes a test binary play a helper role.
+pub const ROLE_ENV: &str = "HERD_TEST_ROLE";
+
+/// This test binary again, as helper `role` (stdin and stdout piped).
+pub fn helper(role: &str) -> Command {
+    let mut c = Command::new(std::env::current_exe().expect("current_exe"));
+    c.env(ROLE_ENV, role)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    c
+}
+
+/// Runs helper `role` to its end (guarded) and checks that it succeeded
+/// and said `word`.
+pub fn helper_says(role: &str, word: &str) -> Result<(), Failed> {
+    let (status, text) = run_guarded(helper(role))?;
+    check(
+        status.success() && text.contains(word),
+        format!("helper {role} said {text:?}"),
+    )
+}
+
+/// Ends a helper role: prints `word` and exits 0 if `outcome` is `Ok`,
+/// prints the failure and exits 1 otherwise.
+pub fn end_role(outcome: Result<(), Failed>, word: &str) -> ! {
+    match outcome {
+        Ok(()) => {
+            println!("{word}");
+            std::process::exit(0)
+        }
+        Err(e) => {
+            println!("{e:?}");
+            std::process::exit(1)
+        }
+    }
+}

@@ -222,18 +222,26 @@ fn regions_in(pid: &str) -> Vec<(usize, usize, u64)> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
     maps.lines()
         .filter(|l| l.contains("memfd:herd"))
-        .filter_map(|line| {
-            let mut it = line.split_whitespace();
-            let (lo, hi) = it.next()?.split_once('-')?;
-            let _perms = it.next()?;
-            let offset = u64::from_str_radix(it.next()?, 16).ok()?;
-            let _dev = it.next()?;
-            let inode = it.next()?.parse().ok()?;
-            let lo = usize::from_str_radix(lo, 16).ok()?;
-            let hi = usize::from_str_radix(hi, 16).ok()?;
-            (offset == 0).then_some((lo, hi, inode))
-        })
+        .filter_map(maps_line)
+        .filter(|&(_, _, offset, _)| offset == 0)
+        .map(|(lo, hi, _, inode)| (lo, hi, inode))
         .collect()
+}
+
+/// A line of /proc/PID/maps: (first address, end, file offset, inode).
+pub fn maps_line(line: &str) -> Option<(usize, usize, u64, u64)> {
+    let mut it = line.split_whitespace();
+    let (lo, hi) = it.next()?.split_once('-')?;
+    let _perms = it.next()?;
+    let offset = u64::from_str_radix(it.next()?, 16).ok()?;
+    let _dev = it.next()?;
+    let inode = it.next()?.parse().ok()?;
+    Some((
+        usize::from_str_radix(lo, 16).ok()?,
+        usize::from_str_radix(hi, 16).ok()?,
+        offset,
+        inode,
+    ))
 }
 
 /// Where the region with `inode` is mapped in process `pid`.
@@ -269,4 +277,58 @@ pub fn first_robust_entry() -> usize {
     // SAFETY: the head is this thread's, alive while it runs; its first word
     // is the list's first entry (low bit: a PI flag).
     unsafe { robust_head().read_volatile() & !1 }
+}
+
+/// A child that only waits to be traced (for [`supported_here`]).
+#[herd::task]
+fn probe(hello: herd::Queue<u32>) {
+    await_tracer(&hello);
+}
+
+/// Whether ptrace-driven tests can run here: x86-64 Linux, and a
+/// forkserver child of this process can be seized (ptrace allowed). Tried
+/// once per process.
+pub fn supported_here() -> bool {
+    use std::sync::OnceLock;
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| {
+        if !SUPPORTED {
+            return false;
+        }
+        let Ok(hello) = herd::Queue::<u32>::new() else {
+            return false;
+        };
+        let Ok(mut p) = herd::Process::builder(probe, (hello.clone(),))
+            .start_method(herd::StartMethod::ForkServer)
+            .start()
+        else {
+            return false;
+        };
+        let ok = hello.get_timeout(GUARD).ok().is_some_and(|tid| {
+            Tracee::seize(p.pid(), tid)
+                .and_then(|mut t| {
+                    t.wait()?;
+                    t.detach()
+                })
+                .is_ok()
+        });
+        if !ok {
+            let _ = p.kill();
+        }
+        let _ = p.join_timeout(GUARD);
+        ok
+    })
+}
+
+/// Runs `f` if ptrace-driven tests can run here; otherwise passes, saying
+/// so.
+pub fn traced(
+    f: impl FnOnce() -> Result<(), libtest_mimic::Failed>,
+) -> Result<(), libtest_mimic::Failed> {
+    if supported_here() {
+        f()
+    } else {
+        println!("skipped: needs ptrace and x86-64 debug registers");
+        Ok(())
+    }
 }

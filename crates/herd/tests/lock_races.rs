@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use herd::sync::{Barrier, Lock, LockError, PoisonCause, Value};
 use herd::{Queue, StartMethod};
 use herd_testkit::trace::{
-    self, Access, Stop, Tracee, await_tracer, first_robust_entry, marker, region_in, region_of,
+    Access, Stop, Tracee, await_tracer, first_robust_entry, marker, region_in, region_of, traced,
 };
 use herd_testkit::{GUARD, check, eventually, eventually_within};
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -181,50 +181,6 @@ fn traced_owner_killed_between_an_unlocks_look_and_store() -> Result<(), Failed>
         check(proc.join_timeout(GUARD).is_err(), "the child was killed")?;
         check(lock.try_acquire().is_ok(), "usable after")
     })
-}
-
-#[herd::task]
-fn tr_probe(hello: Queue<u32>) {
-    await_tracer(&hello);
-}
-
-/// Whether ptrace-driven tests can run here (x86-64 Linux, ptrace allowed).
-fn traced_supported() -> bool {
-    if !trace::SUPPORTED {
-        return false;
-    }
-    let Ok(hello) = Queue::<u32>::new() else {
-        return false;
-    };
-    let Ok(mut p) = herd::Process::builder(tr_probe, (hello.clone(),))
-        .start_method(StartMethod::ForkServer)
-        .start()
-    else {
-        return false;
-    };
-    let ok = hello.get_timeout(GUARD).ok().is_some_and(|tid| {
-        Tracee::seize(p.pid(), tid)
-            .and_then(|mut t| {
-                t.wait()?;
-                t.detach()
-            })
-            .is_ok()
-    });
-    if !ok {
-        let _ = p.kill();
-    }
-    let _ = p.join_timeout(GUARD);
-    ok
-}
-
-/// Runs `f` if ptrace-driven tests can run here; otherwise passes, saying so.
-fn traced(f: impl FnOnce() -> Result<(), Failed>) -> Result<(), Failed> {
-    if traced_supported() {
-        f()
-    } else {
-        println!("skipped: needs ptrace and x86-64 debug registers");
-        Ok(())
-    }
 }
 
 // ---------------------------------------------------------------------------

@@ -228,20 +228,7 @@ mod peek {
         inode: u64,
     }
 
-    fn parse(line: &str) -> Option<(usize, usize, u64, u64)> {
-        let mut it = line.split_whitespace();
-        let (lo, hi) = it.next()?.split_once('-')?;
-        let _perms = it.next()?;
-        let offset = u64::from_str_radix(it.next()?, 16).ok()?;
-        let _dev = it.next()?;
-        let inode = it.next()?.parse().ok()?;
-        Some((
-            usize::from_str_radix(lo, 16).ok()?,
-            usize::from_str_radix(hi, 16).ok()?,
-            offset,
-            inode,
-        ))
-    }
+    use herd_testkit::trace::maps_line as parse;
 
     impl Peek {
         /// The mapping of the queue region whose parameter is `param`.
@@ -311,7 +298,7 @@ mod peek {
 
 use peek::Peek;
 
-use herd_testkit::trace::{self, Access, Stop, Tracee, await_tracer, marker};
+use herd_testkit::trace::{Access, Stop, Tracee, await_tracer, marker, traced};
 
 #[herd::task]
 fn tr_put_joinable(q: JoinableQueue<u64>, hello: Queue<u32>, v: u64) {
@@ -377,57 +364,6 @@ fn start_traced<R: serde::de::DeserializeOwned>(
     }
     let base = peek.base_in(proc.pid())?;
     Ok(Traced { proc, tr, base })
-}
-
-/// Whether ptrace-driven tests can run here (x86-64 Linux, ptrace allowed).
-fn traced_supported() -> bool {
-    use std::sync::OnceLock;
-    static OK: OnceLock<bool> = OnceLock::new();
-    *OK.get_or_init(|| {
-        if !trace::SUPPORTED {
-            return false;
-        }
-        // Try on a child that only waits to be traced.
-        let Ok(hello) = Queue::<u32>::new() else {
-            return false;
-        };
-        let Ok(q) = Queue::builder()
-            .maxsize(unique_maxsize())
-            .capacity_bytes(4096)
-            .build::<Msg>()
-        else {
-            return false;
-        };
-        let Ok(mut p) = herd::Process::builder(tr_len, (q, hello.clone()))
-            .start_method(StartMethod::ForkServer)
-            .start()
-        else {
-            return false;
-        };
-        let ok = hello.get_timeout(GUARD).ok().is_some_and(|tid| {
-            Tracee::seize(p.pid(), tid)
-                .and_then(|mut t| {
-                    t.wait()?;
-                    t.detach()
-                })
-                .is_ok()
-        });
-        if !ok {
-            let _ = p.kill();
-        }
-        let _ = p.join_timeout(GUARD);
-        ok
-    })
-}
-
-/// Runs `f` if ptrace-driven tests can run here; otherwise passes, saying so.
-fn traced(f: impl FnOnce() -> Result<(), Failed>) -> Result<(), Failed> {
-    if traced_supported() {
-        f()
-    } else {
-        println!("skipped: needs ptrace and x86-64 debug registers");
-        Ok(())
-    }
 }
 
 /// Where a kill sweep stopped its child.
