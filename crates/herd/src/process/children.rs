@@ -247,7 +247,8 @@ impl ChildRecord {
                     return Ok(ProcessState::from_letter(letter?));
                 }
                 // Dead. Until its outcome is collected it is, to us, a
-                // zombie (the forkserver reaps at once; we have not looked).
+                // zombie (the forkserver reaps it within its settle window,
+                // or when asked; we have not looked).
                 if !self.joined.load(std::sync::atomic::Ordering::Relaxed) {
                     return Ok(ProcessState::Zombie);
                 }
