@@ -814,6 +814,20 @@ pub(crate) fn register_heavy_fence() -> bool {
     ok
 }
 
+/// The monotonic clock in milliseconds, truncated to 32 bits (wraps every
+/// 49 days: compare with `wrapping_sub`). The same clock in every process.
+pub(crate) fn coarse_ms() -> u32 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid out-pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    (t.tv_sec as u64)
+        .wrapping_mul(1000)
+        .wrapping_add(t.tv_nsec as u64 / 1_000_000) as u32
+}
+
 /// How a [`heavy_fence`] went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Fence {

@@ -42,7 +42,14 @@ pub(crate) struct RawMutex {
     /// Waiters between announcing themselves and leaving their sleep (see
     /// `unlock`'s plain-store release).
     sleepers: AtomicU32,
-    _r1: u64,
+    /// When a waiter last counted itself (coarse monotonic milliseconds):
+    /// every live waiter does at least every `RECHECK`, so a count with no
+    /// heartbeat for `STALE_MS` belongs to waiters that died.
+    heartbeat: AtomicU32,
+    /// Releases that took the swap path for a count but found no mark
+    /// (touched by the owner only): the stale-count check runs every
+    /// `STALE_CHECK_EVERY` of them.
+    unmarked: AtomicU32,
     /// Robust-list links, in the owner's address space.
     prev: AtomicUsize,
     next: AtomicUsize,
@@ -118,6 +125,11 @@ fn head_of(state: usize) -> Option<*mut usize> {
 fn head() -> Option<*mut usize> {
     head_of(state())
 }
+
+/// How long without a heartbeat before counted sleepers are taken for dead.
+const STALE_MS: u32 = 1000;
+/// How many count-but-no-mark releases between two looks at the clock.
+const STALE_CHECK_EVERY: u32 = 1024;
 
 /// The longest a waiter sleeps when this process is refused heavy fences
 /// that other processes may run (an unlock's plain store may then go
@@ -216,6 +228,7 @@ impl RawMutex {
             // plain store and then reads `sleepers`, so after the fence
             // either its store is visible to the look below or our count
             // is visible to it (see `unlock`).
+            self.heartbeat.store(os::coarse_ms(), Ordering::SeqCst);
             self.sleepers.fetch_add(1, Ordering::SeqCst);
             let marked = cur & robust::WAITERS != 0
                 || self
@@ -231,12 +244,12 @@ impl RawMutex {
             // elsewhere may still release with a plain store: look often.
             let fenced = marked && os::heavy_fence() != os::Fence::Refused;
             if !marked || self.word.load(Ordering::Relaxed) != cur | robust::WAITERS {
-                self.sleepers.fetch_sub(1, Ordering::SeqCst);
+                self.leave();
                 continue;
             }
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
-                self.sleepers.fetch_sub(1, Ordering::SeqCst);
+                self.leave();
                 self.pass_on_wake();
                 return Err(NotAcquired::TimedOut);
             }
@@ -247,7 +260,7 @@ impl RawMutex {
             let slice_end = now + slice.unwrap_or(most).min(most);
             let wake_at = Some(deadline.map_or(slice_end, |d| d.min(slice_end)));
             os::futex_wait(&self.word, cur | robust::WAITERS, wake_at);
-            self.sleepers.fetch_sub(1, Ordering::SeqCst);
+            self.leave();
             waited = true;
             if slice.is_some()
                 && self.owner() != 0
@@ -257,6 +270,31 @@ impl RawMutex {
                 self.pass_on_wake();
                 return Err(NotAcquired::Deadlock);
             }
+        }
+    }
+
+    /// Uncounts a waiter. Never below 0: a waiter whose count was taken
+    /// for dead (stopped for longer than `STALE_MS`) must not uncount
+    /// another.
+    fn leave(&self) {
+        let _ = self
+            .sleepers
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    }
+
+    /// Clears a count no live waiter has refreshed for `STALE_MS`: waiters
+    /// killed while counted (each live one refreshes the heartbeat before
+    /// it counts itself, at least every `RECHECK`). Without this, a lock
+    /// whose waiter was SIGKILLed kept taking the swap path for good.
+    #[cold]
+    fn forget_dead_sleepers(&self) {
+        let n = self.sleepers.load(Ordering::SeqCst);
+        let age = os::coarse_ms().wrapping_sub(self.heartbeat.load(Ordering::SeqCst));
+        if n != 0 && age > STALE_MS {
+            // A waiter that counted itself since our look changed `n`.
+            let _ = self
+                .sleepers
+                .compare_exchange(n, 0, Ordering::SeqCst, Ordering::Relaxed);
         }
     }
 
@@ -422,10 +460,18 @@ impl RawMutex {
             // A waiter is about (or no heavy fences here): the locked swap
             // cannot erase a mark, and reports it. While a woken waiter is
             // on its way back, its count would otherwise make every plain
-            // release wake for nothing.
+            // release wake for nothing. Still ours: count the releases that
+            // find a count, for the stale-count check.
+            let look = self.sleepers.load(Ordering::Relaxed) != 0 && {
+                let k = self.unmarked.load(Ordering::Relaxed).wrapping_add(1);
+                self.unmarked.store(k, Ordering::Relaxed);
+                k.is_multiple_of(STALE_CHECK_EVERY)
+            };
             let old = self.word.swap(0, Ordering::Release);
             if old & robust::WAITERS != 0 {
                 os::futex_wake(&self.word, 1);
+            } else if look {
+                self.forget_dead_sleepers();
             }
         }
         if let Some(h) = head {
