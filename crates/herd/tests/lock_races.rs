@@ -20,6 +20,9 @@
 //! * `a_killed_waiters_count_is_forgotten`: a waiter SIGKILLed while
 //!   counted leaves the lock on its slow path only until the count, with no
 //!   heartbeat for a second, is cleared by a release.
+//! * `a_waiter_taken_for_dead_*`: a waiter stopped for over a second has
+//!   its count cleared, and once resumed does not uncount a live waiter
+//!   (counts carry a generation).
 //! * `mutual_exclusion_*`: two processes of two threads each increment a
 //!   shared counter with a non-atomic read-modify-write under the lock;
 //!   not one increment may be lost.
@@ -48,7 +51,7 @@ const PROMPT: Duration = Duration::from_millis(50);
 const TID_MASK: u32 = 0x3fff_ffff;
 const WAITERS: u32 = 0x8000_0000;
 /// Offset of the lock's sleeper count from its word (src/sync/robust.rs).
-const SLEEPERS: usize = 12;
+const SLEEPERS: usize = 40;
 
 /// The address of `lock`'s futex word in this process.
 fn word_of(lock: &Lock) -> Result<usize, Failed> {
@@ -349,6 +352,65 @@ fn a_killed_waiters_count_is_forgotten() -> Result<(), Failed> {
     )
 }
 
+fn proc_state(pid: u32) -> char {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit(')').next().and_then(|r| r.trim().chars().next()))
+        .unwrap_or('?')
+}
+
+/// A waiter stopped (SIGSTOP) for more than a second is taken for dead and
+/// its count cleared; resumed, it must not uncount a live waiter that
+/// counted itself meanwhile: both end up counted. (From a review: the
+/// resumed waiter's uncount removed the live one's, so the count never
+/// passed 1 with two live waiters.)
+fn a_waiter_taken_for_dead_does_not_uncount_another() -> Result<(), Failed> {
+    let lock = Lock::new()?;
+    let word = word_of(&lock)?;
+    let guard = lock.acquire().map_err(|e| e.to_string())?;
+    let mut child = herd::Process::builder(wait_on, (lock.clone(),)).start()?;
+    let pid = child.pid();
+    check(
+        eventually(|| load(word) & WAITERS != 0 && load(word + SLEEPERS) == 1),
+        "the child waits, counted",
+    )?;
+    // SAFETY: kill(2) on our own, unreaped child.
+    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    check(eventually(|| proc_state(pid) == 'T'), "the child stopped")?;
+    drop(guard);
+    check(
+        eventually(|| {
+            for _ in 0..2048 {
+                drop(lock.acquire());
+            }
+            load(word + SLEEPERS) == 0
+        }),
+        "the stopped waiter's count is cleared",
+    )?;
+    let guard = lock.acquire().map_err(|e| e.to_string())?;
+    let l2 = lock.clone();
+    let live = std::thread::spawn(move || l2.acquire_timeout(GUARD).is_ok());
+    check(
+        eventually(|| load(word) & WAITERS != 0 && load(word + SLEEPERS) == 1),
+        "a live thread waits, counted",
+    )?;
+    // SAFETY: as above.
+    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+    // The resumed child counts itself again within its 100 ms recheck.
+    // With the defect the count stayed at 1 until two uncounts happened to
+    // meet at 0 (8.5 s in one run), so the bound is far above the one and
+    // below the other.
+    let both = eventually_within(Duration::from_secs(3), || load(word + SLEEPERS) == 2);
+    drop(guard);
+    let got = live.join().unwrap_or(false);
+    let _ = child.join_timeout(GUARD);
+    check(got, "the live thread got the lock")?;
+    check(
+        both,
+        "both live waiters counted once the stopped one resumed",
+    )
+}
+
 // ---------------------------------------------------------------------------
 // Mutual exclusion across processes with the plain-store unlock
 
@@ -412,6 +474,10 @@ fn main() {
         Trial::test(
             "a_killed_waiters_count_is_forgotten",
             a_killed_waiters_count_is_forgotten,
+        ),
+        Trial::test(
+            "a_waiter_taken_for_dead_does_not_uncount_another",
+            a_waiter_taken_for_dead_does_not_uncount_another,
         ),
         Trial::test(
             "mutual_exclusion_two_processes_two_threads_each",

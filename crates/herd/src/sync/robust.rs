@@ -21,7 +21,7 @@
 //! sleeps. See DESIGN.md, "The lock's plain-store unlock".
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering, compiler_fence};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering, compiler_fence};
 use std::time::{Duration, Instant};
 
 use crate::os::{self, robust};
@@ -39,22 +39,30 @@ pub(crate) struct RawMutex {
     depth: AtomicU32,
     /// 1 when a holder panicked; reported once, to the next acquirer.
     poisoned: AtomicU32,
-    /// Waiters between announcing themselves and leaving their sleep (see
-    /// `unlock`'s plain-store release).
-    sleepers: AtomicU32,
-    /// When a waiter last counted itself (coarse monotonic milliseconds):
-    /// every live waiter does at least every `RECHECK`, so a count with no
-    /// heartbeat for `STALE_MS` belongs to waiters that died.
+    _r0: u32,
+    /// When a waiter last counted itself (coarse monotonic milliseconds,
+    /// only ever moved forward): every live waiter does at least every
+    /// `RECHECK`, so a count with no heartbeat for `STALE_MS` belongs to
+    /// waiters that died.
     heartbeat: AtomicU32,
-    /// Releases that took the swap path for a count but found no mark
-    /// (touched by the owner only): the stale-count check runs every
-    /// `STALE_CHECK_EVERY` of them.
+    /// Releases that took the swap path for a count (touched by the owner
+    /// only): the stale-count check runs every `STALE_CHECK_EVERY` of them
+    /// that find no mark.
     unmarked: AtomicU32,
     /// Robust-list links, in the owner's address space.
     prev: AtomicUsize,
     next: AtomicUsize,
-    _r2: [u64; 3],
+    /// Waiters between announcing themselves and leaving their sleep (see
+    /// `unlock`'s plain-store release), low 32 bits, and the generation of
+    /// that count, high 32 bits: clearing a stale count starts a new
+    /// generation, and a waiter uncounts itself only from the generation
+    /// it counted itself in.
+    sleepers: AtomicU64,
+    _r2: [u64; 2],
 }
+
+/// The count part of `sleepers`.
+const COUNT: u64 = 0xffff_ffff;
 
 const _: () = assert!(std::mem::size_of::<RawMutex>() == 64);
 const _: () = assert!(std::mem::offset_of!(RawMutex, next) as isize == -robust::FUTEX_OFFSET);
@@ -128,7 +136,7 @@ fn head() -> Option<*mut usize> {
 
 /// How long without a heartbeat before counted sleepers are taken for dead.
 const STALE_MS: u32 = 1000;
-/// How many count-but-no-mark releases between two looks at the clock.
+/// How many swap-path releases with a count between two looks at the clock.
 const STALE_CHECK_EVERY: u32 = 1024;
 
 /// The longest a waiter sleeps when this process is refused heavy fences
@@ -228,8 +236,8 @@ impl RawMutex {
             // plain store and then reads `sleepers`, so after the fence
             // either its store is visible to the look below or our count
             // is visible to it (see `unlock`).
-            self.heartbeat.store(os::coarse_ms(), Ordering::SeqCst);
-            self.sleepers.fetch_add(1, Ordering::SeqCst);
+            self.beat();
+            let generation = self.sleepers.fetch_add(1, Ordering::SeqCst) >> 32;
             let marked = cur & robust::WAITERS != 0
                 || self
                     .word
@@ -244,12 +252,12 @@ impl RawMutex {
             // elsewhere may still release with a plain store: look often.
             let fenced = marked && os::heavy_fence() != os::Fence::Refused;
             if !marked || self.word.load(Ordering::Relaxed) != cur | robust::WAITERS {
-                self.leave();
+                self.leave(generation);
                 continue;
             }
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
-                self.leave();
+                self.leave(generation);
                 self.pass_on_wake();
                 return Err(NotAcquired::TimedOut);
             }
@@ -260,7 +268,7 @@ impl RawMutex {
             let slice_end = now + slice.unwrap_or(most).min(most);
             let wake_at = Some(deadline.map_or(slice_end, |d| d.min(slice_end)));
             os::futex_wait(&self.word, cur | robust::WAITERS, wake_at);
-            self.leave();
+            self.leave(generation);
             waited = true;
             if slice.is_some()
                 && self.owner() != 0
@@ -273,13 +281,28 @@ impl RawMutex {
         }
     }
 
-    /// Uncounts a waiter. Never below 0: a waiter whose count was taken
-    /// for dead (stopped for longer than `STALE_MS`) must not uncount
+    /// Moves the heartbeat to now, never back (a waiter descheduled
+    /// between reading the clock and storing it must not make another's
+    /// fresh heartbeat look old).
+    fn beat(&self) {
+        let now = os::coarse_ms();
+        let _ = self
+            .heartbeat
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |old| {
+                ((now.wrapping_sub(old) as i32) > 0).then_some(now)
+            });
+    }
+
+    /// Uncounts a waiter counted in `generation`. A waiter whose count was
+    /// cleared as stale (it was stopped for longer than `STALE_MS`) finds a
+    /// newer generation and leaves the count alone: it must not uncount
     /// another.
-    fn leave(&self) {
+    fn leave(&self, generation: u64) {
         let _ = self
             .sleepers
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+                (v >> 32 == generation && v & COUNT != 0).then(|| v - 1)
+            });
     }
 
     /// Clears a count no live waiter has refreshed for `STALE_MS`: waiters
@@ -288,13 +311,14 @@ impl RawMutex {
     /// whose waiter was SIGKILLed kept taking the swap path for good.
     #[cold]
     fn forget_dead_sleepers(&self) {
-        let n = self.sleepers.load(Ordering::SeqCst);
+        let v = self.sleepers.load(Ordering::SeqCst);
         let age = os::coarse_ms().wrapping_sub(self.heartbeat.load(Ordering::SeqCst));
-        if n != 0 && age > STALE_MS {
-            // A waiter that counted itself since our look changed `n`.
+        if v & COUNT != 0 && age > STALE_MS {
+            // A waiter that counted itself since our look changed `v`.
+            let next = ((v >> 32).wrapping_add(1) & COUNT) << 32;
             let _ = self
                 .sleepers
-                .compare_exchange(n, 0, Ordering::SeqCst, Ordering::Relaxed);
+                .compare_exchange(v, next, Ordering::SeqCst, Ordering::Relaxed);
         }
     }
 
@@ -303,7 +327,7 @@ impl RawMutex {
     #[cold]
     fn pass_on_wake(&self) {
         if self.word.load(Ordering::Relaxed) & robust::WAITERS != 0
-            || self.sleepers.load(Ordering::SeqCst) != 0
+            || self.sleepers.load(Ordering::SeqCst) & COUNT != 0
         {
             os::futex_wake(&self.word, 1);
         }
@@ -441,7 +465,7 @@ impl RawMutex {
         }
         if state & FAST != 0
             && self.word.load(Ordering::Relaxed) & robust::WAITERS == 0
-            && self.sleepers.load(Ordering::Relaxed) == 0
+            && self.sleepers.load(Ordering::Relaxed) & COUNT == 0
         {
             // Unmarked, no waiter about: release with a plain store, no
             // locked instruction. A waiter may still mark the word between
@@ -453,7 +477,7 @@ impl RawMutex {
             // count.
             self.word.store(0, Ordering::Release);
             compiler_fence(Ordering::SeqCst);
-            if self.sleepers.load(Ordering::Relaxed) != 0 {
+            if self.sleepers.load(Ordering::Relaxed) & COUNT != 0 {
                 os::futex_wake(&self.word, 1);
             }
         } else {
@@ -462,7 +486,7 @@ impl RawMutex {
             // on its way back, its count would otherwise make every plain
             // release wake for nothing. Still ours: count the releases that
             // find a count, for the stale-count check.
-            let look = self.sleepers.load(Ordering::Relaxed) != 0 && {
+            let look = self.sleepers.load(Ordering::Relaxed) & COUNT != 0 && {
                 let k = self.unmarked.load(Ordering::Relaxed).wrapping_add(1);
                 self.unmarked.store(k, Ordering::Relaxed);
                 k.is_multiple_of(STALE_CHECK_EVERY)
