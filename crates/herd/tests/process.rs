@@ -826,7 +826,8 @@ fn forkserver_restart() -> Result<(), Failed> {
     check(wait_fd(fd.as_fd(), GUARD), "forkserver died")?;
     let mut q = Process::builder(quick, ())
         .start_method(StartMethod::ForkServer)
-        .start()?;
+        .start()
+        .map_err(|e| format!("{e:?}"))?;
     check(q.join()? == 7, "a child through a new forkserver")?;
     check(
         herd::forkserver_pid().is_some_and(|p| p != server),

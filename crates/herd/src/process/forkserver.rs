@@ -193,6 +193,25 @@ fn read_hello(
             )));
         }
         match os::recv_with_fds(sock.as_fd(), &mut buf[got..]) {
+            // Nothing at all: the server never wrote the hello — it died
+            // with our socket in its queue (a spare it was forking held its
+            // end open a moment longer; the request we wrote unread, which
+            // reads as a reset), or between waking the child and writing.
+            // A new server may do better: retry.
+            Ok((0, _)) if got == 0 => {
+                server.kill();
+                return Err(CallError::Transport(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the forkserver went away before it answered",
+                )));
+            }
+            Err(e) if got == 0 && e.kind() == io::ErrorKind::ConnectionReset => {
+                server.kill();
+                return Err(CallError::Transport(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the forkserver went away before it answered",
+                )));
+            }
             Ok((0, _)) => {
                 return Err(CallError::Refused(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
