@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use herd::{
     ExitStatus, Process, ProcessError, ProcessState, Refusal, Signal, StartError, StartMethod,
 };
-use herd_testkit::{GUARD, both, check, eventually, pidfd_of, wait_fd};
+use herd_testkit::{GUARD, both, check, end_role, eventually, pidfd_of, wait_fd};
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -993,16 +993,7 @@ fn role(name: &str) -> ! {
             drop((d, n));
             std::process::exit(0)
         }
-        "forkserver-hung" => match forkserver_hung() {
-            Ok(()) => {
-                println!("recovered");
-                std::process::exit(0)
-            }
-            Err(e) => {
-                println!("{e:?}");
-                std::process::exit(1)
-            }
-        },
+        "forkserver-hung" => end_role(forkserver_hung(), "recovered"),
         "exit-with-big-result" => {
             for m in [StartMethod::Spawn, StartMethod::ForkServer] {
                 let p = Process::builder(big_result, (1 << 20,))
@@ -1043,16 +1034,7 @@ fn role(name: &str) -> ! {
             }
             std::process::exit(0)
         }
-        "forkserver-restart" => match forkserver_restart() {
-            Ok(()) => {
-                println!("replaced");
-                std::process::exit(0)
-            }
-            Err(e) => {
-                println!("{e:?}");
-                std::process::exit(1)
-            }
-        },
+        "forkserver-restart" => end_role(forkserver_restart(), "replaced"),
         other => panic!("unknown role {other}"),
     }
 }
