@@ -246,6 +246,67 @@ fn back_to_back_starts_use_spares() -> Result<(), Failed> {
     helper_says("back-to-back", "spares used")
 }
 
+#[herd::task]
+fn forever() -> u8 {
+    loop {
+        std::thread::park();
+    }
+}
+
+/// In a helper: a healthy forkserver that cannot take a start's fds (its
+/// descriptor table full) refuses that start and is not taken for dead —
+/// killing it would kill every child it serves. (From a review: the
+/// answerless close was read as the server's death.)
+fn full_server() -> Result<(), Failed> {
+    let mut first = Process::builder(quick, ())
+        .start_method(StartMethod::ForkServer)
+        .start()?;
+    check(first.join()? == 7, "first child")?;
+    let bystander = Process::builder(forever, ())
+        .start_method(StartMethod::ForkServer)
+        .daemon(true)
+        .start()?;
+    let server = herd::forkserver_pid().ok_or("no forkserver")?;
+    // The bystander and two spares.
+    check(
+        eventually(|| live_children(server).len() == 3),
+        format!("bystander + two spares: {:?}", children_of(server)),
+    )?;
+    // Fill the server's descriptor table: the lowest free fd becomes the limit.
+    let fds = open_fds(server);
+    let limit = (0..).find(|n| !fds.contains(n)).unwrap_or(0) as u64;
+    let pid = rustix::process::Pid::from_raw(server as i32).ok_or("pid")?;
+    rustix::process::prlimit(
+        Some(pid),
+        rustix::process::Resource::Nofile,
+        rustix::process::Rlimit {
+            current: Some(limit),
+            maximum: rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum,
+        },
+    )?;
+    let second = Process::builder(quick, ())
+        .start_method(StartMethod::ForkServer)
+        .start();
+    let after = herd::forkserver_pid();
+    eprintln!(
+        "server {server} fds {fds:?} limit {limit}: start {:?}, server now {after:?}",
+        second.as_ref().map(|p| p.pid()),
+    );
+    check(second.is_err(), "the start was refused")?;
+    check(
+        after == Some(server) && bystander.is_alive(),
+        format!(
+            "a healthy forkserver ({server}) that could not take a start's fds was killed \
+             ({after:?}), bystander alive: {}",
+            bystander.is_alive()
+        ),
+    )
+}
+
+fn a_full_forkserver_is_not_taken_for_dead() -> Result<(), Failed> {
+    helper_says("full-server", "server kept")
+}
+
 fn forkserver_one_spare_fork_failure_does_not_spin() -> Result<(), Failed> {
     helper_says("one-spare-spin", "no spin")
 }
@@ -300,6 +361,7 @@ fn role(name: &str) -> ! {
         "forkserver-spares" => end_role(forkserver_spares(), "spares replaced"),
         "back-to-back" => end_role(back_to_back(), "spares used"),
         "one-spare-spin" => end_role(one_spare_spin(), "no spin"),
+        "full-server" => end_role(full_server(), "server kept"),
         other => {
             eprintln!("unknown role {other}");
             std::process::exit(2)
@@ -321,6 +383,10 @@ fn main() {
         Trial::test(
             "back_to_back_starts_use_spares",
             back_to_back_starts_use_spares,
+        ),
+        Trial::test(
+            "a_full_forkserver_is_not_taken_for_dead",
+            a_full_forkserver_is_not_taken_for_dead,
         ),
         Trial::test(
             "forkserver_one_spare_fork_failure_does_not_spin",

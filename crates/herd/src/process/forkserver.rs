@@ -193,24 +193,16 @@ fn read_hello(
             )));
         }
         match os::recv_with_fds(sock.as_fd(), &mut buf[got..]) {
-            // Nothing at all: the server never wrote the hello — it died
-            // with our socket in its queue (a spare it was forking held its
-            // end open a moment longer; the request we wrote unread, which
-            // reads as a reset), or between waking the child and writing.
-            // A new server may do better: retry.
-            Ok((0, _)) if got == 0 => {
-                server.kill();
-                return Err(CallError::Transport(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the forkserver went away before it answered",
-                )));
-            }
+            // Nothing at all: the server never wrote the hello. Either it
+            // died with our socket in its queue (a spare it was forking held
+            // its end open a moment longer; the request we wrote unread
+            // reads as a reset) — a new server may do better: retry — or,
+            // alive, it could not take the request's descriptors (its table
+            // full) and had nowhere to answer: refuse this start, and leave
+            // the server and its children be.
+            Ok((0, _)) if got == 0 => return Err(unanswered(server)),
             Err(e) if got == 0 && e.kind() == io::ErrorKind::ConnectionReset => {
-                server.kill();
-                return Err(CallError::Transport(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the forkserver went away before it answered",
-                )));
+                return Err(unanswered(server));
             }
             Ok((0, _)) => {
                 return Err(CallError::Refused(io::Error::new(
@@ -239,6 +231,29 @@ fn read_hello(
             io::ErrorKind::InvalidData,
             "malformed hello from the forkserver's child",
         ))),
+    }
+}
+
+/// A start's socket closed without a byte of the hello: a transport
+/// failure (retried on a new server) if the server is dead — its fds close
+/// just before its pidfd says so, hence the short wait — else a refusal.
+fn unanswered(server: &ForkServer) -> CallError {
+    let dead = os::wait_readable(
+        &[server.pidfd.as_fd()],
+        Some(Instant::now() + Duration::from_millis(100)),
+    )
+    .is_ok_and(|r| r[0]);
+    if dead {
+        server.kill();
+        CallError::Transport(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the forkserver went away before it answered",
+        ))
+    } else {
+        CallError::Refused(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the forkserver could not take the request (out of descriptors?)",
+        ))
     }
 }
 
