@@ -233,7 +233,13 @@ mod peek {
     impl Peek {
         /// The mapping of the queue region whose parameter is `param`.
         pub(crate) fn find(param: u64) -> Result<Self, String> {
+            use std::os::unix::fs::FileExt;
             let maps = std::fs::read_to_string("/proc/self/maps").map_err(|e| e.to_string())?;
+            // Other tests' regions come and go while we look: read their
+            // headers through /proc/self/mem, where an unmapped one is an
+            // error, not a crash (a direct load crashed the suite once in
+            // about forty runs).
+            let mem = std::fs::File::open("/proc/self/mem").map_err(|e| e.to_string())?;
             let mut found: Option<Self> = None;
             for line in maps.lines().filter(|l| l.contains("memfd:herd")) {
                 let Some((lo, hi, offset, inode)) = parse(line) else {
@@ -242,11 +248,17 @@ mod peek {
                 if offset != 0 || hi - lo < 4096 {
                     continue;
                 }
+                let mut header = [0u8; 24];
+                if mem.read_exact_at(&mut header, lo as u64).is_err() {
+                    continue;
+                }
+                let word =
+                    |i: usize| u64::from_le_bytes(header[i..i + 8].try_into().unwrap_or([0; 8]));
                 let p = Self { base: lo, inode };
-                let head = p.u64(0);
+                let head = word(0);
                 if head as u32 == u32::from_le_bytes(*b"HERD")
                     && (head >> 32) == 10
-                    && p.u64(16) == param
+                    && word(16) == param
                 {
                     if found.is_some_and(|f| f.inode != inode) {
                         return Err(format!("two queue regions with param {param:#x}"));
