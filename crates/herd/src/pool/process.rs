@@ -574,7 +574,11 @@ impl Shared {
             }
             // A worker holding two or more jobs, or one that has said
             // nothing for a while (stopped, frozen): its untaken jobs are
-            // better off at an idle worker.
+            // better off at an idle worker. The oldest such job first (the
+            // donor's queue gives up its oldest), so that jobs start in the
+            // order they were submitted when workers come up one by one
+            // (the seed's pool example started its fifth task before its
+            // fourth now and then).
             let donor = (0..st.workers.len())
                 .filter(|&i| {
                     let w = &st.workers[i];
@@ -582,7 +586,13 @@ impl Shared {
                         && !w.tasks.looks_empty()
                         && (w.inflight.len() >= 2 || w.heard.elapsed() >= SILENT)
                 })
-                .max_by_key(|&i| st.workers[i].inflight.len());
+                .min_by_key(|&i| {
+                    let w = &st.workers[i];
+                    // Its first untaken job: the second in flight, unless
+                    // it is silent with only one.
+                    let first = usize::from(w.inflight.len() >= 2);
+                    w.inflight.get(first).map_or(u64::MAX, |f| f.id)
+                });
             let Some(d) = donor else { break };
             let Ok(wire) = st.workers[d].tasks.try_get() else {
                 continue;
