@@ -74,6 +74,20 @@ fn open_fds(pid: u32) -> Vec<u32> {
     v
 }
 
+/// Lowers process `pid`'s soft limit on open descriptors to `limit`.
+fn limit_fds(pid: u32, limit: u64) -> Result<(), Failed> {
+    let target = rustix::process::Pid::from_raw(pid as i32).ok_or("pid")?;
+    rustix::process::prlimit(
+        Some(target),
+        rustix::process::Resource::Nofile,
+        rustix::process::Rlimit {
+            current: Some(limit),
+            maximum: rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum,
+        },
+    )?;
+    Ok(())
+}
+
 /// Starts one child through the forkserver and waits until the server
 /// holds two live spares; returns the server's pid.
 fn server_with_two_spares() -> Result<u32, Failed> {
@@ -99,15 +113,7 @@ fn one_spare_spin() -> Result<(), Failed> {
     // each); with them gone `fds.len() - 8` remain. Allow 5 free slots:
     // one spare (4 at once) fits, a second does not.
     let limit = (fds.len() - 8 + 5) as u64;
-    let pid = rustix::process::Pid::from_raw(server as i32).ok_or("pid")?;
-    rustix::process::prlimit(
-        Some(pid),
-        rustix::process::Resource::Nofile,
-        rustix::process::Rlimit {
-            current: Some(limit),
-            maximum: rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum,
-        },
-    )?;
+    limit_fds(server, limit)?;
     let before = cpu_ticks(server);
     kill_spares_then_await(server, 1).map_err(|e| format!("{e:?} (fds {fds:?}, limit {limit})"))?;
     // An idle server takes no CPU; a spinning one takes a whole CPU.
@@ -275,15 +281,7 @@ fn full_server() -> Result<(), Failed> {
     // Fill the server's descriptor table: the lowest free fd becomes the limit.
     let fds = open_fds(server);
     let limit = (0..).find(|n| !fds.contains(n)).unwrap_or(0) as u64;
-    let pid = rustix::process::Pid::from_raw(server as i32).ok_or("pid")?;
-    rustix::process::prlimit(
-        Some(pid),
-        rustix::process::Resource::Nofile,
-        rustix::process::Rlimit {
-            current: Some(limit),
-            maximum: rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum,
-        },
-    )?;
+    limit_fds(server, limit)?;
     let second = Process::builder(quick, ())
         .start_method(StartMethod::ForkServer)
         .start();
