@@ -135,3 +135,53 @@ pub fn end_role(outcome: Result<(), Failed>, word: &str) -> ! {
         }
     }
 }
+
+/// A lock held by another thread of this process until the holder is
+/// dropped (or the guard passes).
+#[derive(Debug)]
+pub struct HeldElsewhere {
+    release: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HeldElsewhere {
+    /// Takes `lock` on a new thread and returns once that thread holds it.
+    pub fn new(lock: &herd::sync::Lock) -> Result<Self, Failed> {
+        let lock = lock.clone();
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let _guard = lock.acquire().expect("acquire");
+            let _ = held_tx.send(());
+            let _ = release_rx.recv_timeout(GUARD);
+        });
+        held_rx
+            .recv_timeout(GUARD)
+            .map_err(|e| format!("the holder never took the lock: {e}"))?;
+        Ok(Self {
+            release: Some(release),
+            thread: Some(thread),
+        })
+    }
+
+    /// Lets go of the lock and waits for the holder to end.
+    pub fn release(mut self) -> Result<(), Failed> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), Failed> {
+        if let Some(tx) = self.release.take() {
+            let _ = tx.send(());
+        }
+        match self.thread.take() {
+            Some(t) => t.join().map_err(|_| Failed::from("the holder panicked")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for HeldElsewhere {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}

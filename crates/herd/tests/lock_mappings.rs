@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use herd::sync::{Lock, LockError, PoisonCause, RLock, Value};
 use herd_testkit::trace::{first_robust_entry, robust_head};
-use herd_testkit::{GUARD, check};
+use herd_testkit::{GUARD, HeldElsewhere, check};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 // ---------------------------------------------------------------------------
@@ -194,15 +194,7 @@ fn fast_path_reentry_and_self_deadlock() -> Result<(), Failed> {
         l.acquire_timeout(Duration::ZERO).is_ok(),
         "a free word with a past deadline is taken",
     )?;
-    let l2 = l.clone();
-    let (tx, rx) = mpsc::channel();
-    let (done_tx, done_rx) = mpsc::channel::<()>();
-    let t = std::thread::spawn(move || {
-        let _g = l2.acquire().expect("acquire");
-        tx.send(()).expect("send");
-        let _ = done_rx.recv_timeout(GUARD);
-    });
-    rx.recv_timeout(GUARD)?;
+    let held = HeldElsewhere::new(&l)?;
     check(
         matches!(l.try_acquire(), Err(LockError::WouldBlock)),
         "try_acquire of a lock another thread holds",
@@ -214,8 +206,7 @@ fn fast_path_reentry_and_self_deadlock() -> Result<(), Failed> {
         ),
         "acquire_timeout of a lock another thread holds",
     )?;
-    done_tx.send(())?;
-    t.join().map_err(|_| "thread")?;
+    held.release()?;
     check(l.try_acquire().is_ok(), "free again")
 }
 

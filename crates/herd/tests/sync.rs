@@ -9,7 +9,7 @@ use herd::sync::{
     RLock, Semaphore, Value,
 };
 use herd::{Process, StartMethod};
-use herd_testkit::{GUARD, both, check, eventually};
+use herd_testkit::{GUARD, HeldElsewhere, both, check, eventually};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 #[herd::task]
@@ -580,15 +580,7 @@ fn mutual_exclusion_across_processes() -> Result<(), Failed> {
 
 fn timeouts_and_try() -> Result<(), Failed> {
     let lock = Lock::new()?;
-    let l2 = lock.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let t = std::thread::spawn(move || {
-        let _g = l2.acquire().expect("acquire");
-        tx.send(()).expect("send");
-        let _ = done_rx.recv_timeout(GUARD);
-    });
-    rx.recv_timeout(GUARD)?;
+    let held = HeldElsewhere::new(&lock)?;
     check(
         matches!(lock.try_acquire(), Err(LockError::WouldBlock)),
         "try_acquire",
@@ -602,8 +594,7 @@ fn timeouts_and_try() -> Result<(), Failed> {
         "timeout",
     )?;
     check(start.elapsed() >= Duration::from_millis(50), "waited")?;
-    done_tx.send(())?;
-    t.join().map_err(|_| "thread")?;
+    held.release()?;
     check(lock.acquire_timeout(GUARD).is_ok(), "free again")
 }
 
